@@ -45,7 +45,7 @@ def encode(
                                               "one forward pass). Default: the teacher's own.")] = None,
     max_length: Annotated[int, typer.Option(help="Truncate sentences to this many word-pieces.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Fixed rows per forward pass (instead of a token budget).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Token budget per forward pass (default 8192 CPU, 65536 "
+    max_tokens: Annotated[int, typer.Option(help="Token budget per forward pass (default 4096 CPU, 65536 "
                                                  "CUDA).")] = None,
     shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 50_000,
     format: Annotated[str, typer.Option("--format", help="arrow (IPC file, memory-mappable) or hdf5.")] = "arrow",
@@ -134,6 +134,10 @@ def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> No
 
 
 INTERRUPTED = "interrupted: complete shards and checkpoints are kept; rerun the same command to resume"
+
+
+from pipeline.train_cmd import train_student  # noqa: E402
+app.command("train-student")(train_student)
 
 
 def main(argv: list[str] | None = None) -> int:

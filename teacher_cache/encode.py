@@ -8,6 +8,7 @@ import queue
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,7 @@ def validate(cfg: EncodeConfig) -> None:
 
 def default_max_tokens(device: torch.device) -> int:
     """Token budget per forward pass: large enough to keep matmuls efficient, small enough for memory."""
-    return 65_536 if device.type == "cuda" else 8_192
+    return 65_536 if device.type == "cuda" else 4_096
 
 
 class BatchEncoder:
@@ -352,6 +353,7 @@ def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
     threading.Thread(target=lambda: total.__setitem__(0, count_rows(files)), daemon=True).start()
     progress = Progress("encode", None, quiet=cfg.quiet, start=done_rows)
     writer = ShardWriter(out, cfg.format, cfg.dtype)
+    timing = {"encode_s": 0.0, "write_s": 0.0, "rows": 0}
     if done_rows:
         log(cfg, f"resuming after {len(manifest.shards)} complete shards ({done_rows:,} rows)")
     for index, (texts, token_ids) in enumerate(prefetch(chunks, encoder.tokenize), start=len(manifest.shards)):
@@ -361,12 +363,17 @@ def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
             manifest.save(out)
         encoder.precision = precision
         progress.total = min(total[0], cfg.max_rows or total[0]) if total[0] else None
+        started = time.perf_counter()
         vectors = encoder.encode_tokenized(token_ids, on_batch=lambda n, t: progress.update(n, tokens=t))
+        timing["encode_s"] += time.perf_counter() - started
         n_tokens = np.fromiter((len(x) for x in token_ids), dtype=np.int32, count=len(token_ids))
         rows = ShardRows(ids=np.arange(done_rows, done_rows + len(texts), dtype=np.int64), texts=texts,
                          vectors={embedding_column(p, i): vectors[p] for i, p in enumerate(poolings)},
                          n_tokens=n_tokens)
+        started = time.perf_counter()
         path, checksum = writer.write(index, rows)
+        timing["write_s"] += time.perf_counter() - started
+        timing["rows"] += len(texts)
         manifest.shards.append(ShardInfo(file=path.name, rows=len(texts), id_start=done_rows,
                                          id_end=done_rows + len(texts) - 1, sha256=checksum,
                                          n_tokens=int(n_tokens.sum())))
@@ -377,6 +384,7 @@ def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
     manifest.skipped_rows = stats.blank_lines + (stats.bad_utf8_count if cfg.bad_utf8 == "skip" else 0)
     manifest.extra["corpus_stats"] = {"blank_lines": stats.blank_lines, "bad_utf8_lines": stats.bad_utf8_count,
                                       "truncated_lines": stats.truncated_lines}
+    manifest.extra["last_run"] = {k: round(v, 3) for k, v in timing.items()}
     manifest.complete = True
     manifest.save(out)
     report_stats(cfg, stats)

@@ -95,7 +95,7 @@ class Teacher:
         digest = hashlib.sha256()
         for key, tensor in sorted(self.model.state_dict().items()):
             digest.update(key.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(memoryview(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy()))
         return digest.hexdigest()[:32]
 
     def save_tokenizer(self, folder: Path) -> None:
