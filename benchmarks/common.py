@@ -30,7 +30,8 @@ def machine() -> str:
     import torch
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def run_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
@@ -65,6 +66,7 @@ def median(values: list[float]) -> float:
 
 def append_results(section: str) -> None:
     """Append a section (markdown) to benchmarks/RESULTS.md."""
-    header = "# Benchmark results\n\nEvery section was appended by a script in `benchmarks/`; figures are as measured.\n"
+    header = ("# Benchmark results\n\nEvery section was appended by a script in `benchmarks/`; "
+              "figures are as measured.\n")
     text = RESULTS.read_text() if RESULTS.exists() else header
     RESULTS.write_text(text.rstrip() + "\n\n" + section.strip() + "\n")

@@ -61,7 +61,7 @@ def main() -> None:
     rows = []
     for name, res in results.items():
         wall = median(res["wall"])
-        ratios = [b / a for a, b in zip(res["wall"], results[st_name]["wall"])]
+        ratios = [b / a for a, b in zip(res["wall"], results[st_name]["wall"], strict=True)]
         cosine, write_share = "", ""
         if name.startswith("tc"):
             out = tmp / ("auto" if "auto" in name else "fp32")
