@@ -133,10 +133,16 @@ def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> No
         typer.echo(f"{key:<{width}}  {value}")
 
 
+from pipeline.eval_cmds import eval_, probe  # noqa: E402
+
+app.command("probe")(probe)
+app.command("eval")(eval_)
+
 INTERRUPTED = "interrupted: complete shards and checkpoints are kept; rerun the same command to resume"
 
 
 from pipeline.train_cmd import train_student  # noqa: E402
+
 app.command("train-student")(train_student)
 
 

@@ -414,3 +414,25 @@ def report_stats(cfg: EncodeConfig, stats: CorpusStats) -> None:
         log(cfg, f"warning: {action} {stats.bad_utf8_count:,} lines with invalid UTF-8 ({shown})")
     if stats.truncated_lines:
         log(cfg, f"warning: truncated {stats.truncated_lines:,} over-long lines to {cfg.max_length * 100:,} chars")
+
+
+def teacher_encoder(name_or_path: str | None = None, device: str = "cpu", precision: str = "auto",
+                    max_length: int = 256, pooling: str | None = None, max_tokens: int | None = None,
+                    online: bool = False):
+    """A function sentences -> vectors (np.ndarray) that pools exactly as `tc encode` does, for eval and queries."""
+    teacher = load_teacher(name_or_path, device, online)
+    poolings = [pooling or teacher.st_config.get("pooling", "mean")]
+    normalize = bool(teacher.st_config.get("normalize", False))
+    encoder = BatchEncoder(teacher, poolings, min(max_length, teacher.max_position), normalize, "fp32",
+                           max_tokens, None)
+    chosen = [precision]
+
+    def encode(sentences: list[str]) -> np.ndarray:
+        ids = encoder.tokenize(list(sentences))
+        if chosen[0] == "auto":
+            chosen[0] = resolve_precision(encoder, ids, EncodeConfig(quiet=True))
+        encoder.precision = chosen[0]
+        return encoder.encode_tokenized(ids)[poolings[0]]
+
+    encode.teacher = teacher  # type: ignore[attr-defined]
+    return encode

@@ -118,10 +118,19 @@ class TeacherCache:
     def vectors(self, column: str | None = None, ids: np.ndarray | None = None) -> np.ndarray:
         """All vectors of a column (or only those of `ids`), as float32; for probes on a bounded cache."""
         col = self.vector_column(column)
-        parts = [np.asarray(vectors_of(self.read_shard(i, [col]), col), dtype=np.float32)
-                 for i in range(len(self.manifest.shards))]
-        out = np.concatenate(parts)
-        return out if ids is None else out[ids]
+        if ids is None:
+            return np.concatenate([np.asarray(vectors_of(self.read_shard(i, [col]), col), dtype=np.float32)
+                                   for i in range(len(self.manifest.shards))])
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for i, info in enumerate(self.manifest.shards):
+            # ids are row positions, so each shard holds a slice; only the shards touched are read
+            lo, hi = np.searchsorted(sorted_ids, [info.id_start, info.id_end + 1])
+            if hi > lo:
+                out[order[lo:hi]] = vectors_of(self.read_shard(i, [col]), col)[sorted_ids[lo:hi] - info.id_start]
+        return out
 
     def texts(self, ids: np.ndarray | None = None) -> list[str]:
         """Cached texts, all or those of `ids` (ids are row positions: contiguous from 0)."""

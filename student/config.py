@@ -1,0 +1,86 @@
+"""StudentConfig: the architecture and sizes of a student, saved as config.json next to its weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from teacher_cache.errors import CacheError
+
+ARCHS = ("bilstm", "cnn", "static")
+POOLINGS = ("max", "mean")
+# Per-architecture defaults for the knobs left as None: (emb_dim, hidden, pooling).
+ARCH_DEFAULTS = {"bilstm": (300, 512, "max"), "cnn": (300, 256, "max"), "static": (256, 0, "mean")}
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class StudentConfig:
+    """What a student is: architecture, vocabulary, widths, pooling, output width, truncation."""
+
+    arch: str = "bilstm"
+    vocab_size: int = 30522
+    emb_dim: int | None = None
+    hidden: int | None = None  # bilstm: units per direction; cnn: channels per kernel width; static: unused
+    layers: int = 1
+    pooling: str | None = None  # max or mean over time (masked)
+    out_dim: int = 384
+    max_length: int = 256
+    kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])  # cnn only; odd widths keep lengths
+    dropout: float = 0.0
+    pad_id: int = 0
+    teacher: dict = field(default_factory=dict)  # where the targets came from (name, hash, column, pooling)
+
+    def __post_init__(self) -> None:
+        """Fill the architecture defaults, then check every field."""
+        if self.arch not in ARCHS:
+            raise CacheError(f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
+        emb, hidden, pooling = ARCH_DEFAULTS[self.arch]
+        self.emb_dim = emb if self.emb_dim is None else self.emb_dim
+        self.hidden = hidden if self.hidden is None else self.hidden
+        self.pooling = pooling if self.pooling is None else self.pooling
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line CacheError naming the first bad field."""
+        checks = [
+            (self.vocab_size > 0, f"vocab_size {self.vocab_size}: must be positive"),
+            (self.emb_dim > 0, f"--emb-dim {self.emb_dim}: must be positive"),
+            (self.arch == "static" or self.hidden > 0, f"--hidden {self.hidden}: must be positive"),
+            (self.layers > 0, f"layers {self.layers}: must be positive"),
+            (self.pooling in POOLINGS, f"pooling {self.pooling}: choose one of {', '.join(POOLINGS)}"),
+            (self.out_dim > 0, f"out_dim {self.out_dim}: must be positive"),
+            (self.max_length >= 2, f"max_length {self.max_length}: must be at least 2"),
+            (bool(self.kernel_sizes) and all(k > 0 and k % 2 == 1 for k in self.kernel_sizes),
+             f"kernel_sizes {self.kernel_sizes}: need odd positive widths"),
+            (0.0 <= self.dropout < 1.0, f"dropout {self.dropout}: must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CacheError(message)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudentConfig:
+        """Build from JSON, ignoring keys this version does not know."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, folder: str | Path) -> None:
+        """Write config.json into `folder`."""
+        (Path(folder) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StudentConfig:
+        """Read config.json from a student folder, with a one-line error when it is not one."""
+        path = Path(folder) / CONFIG_NAME
+        if not path.exists():
+            raise CacheError(f"{folder}: not a student folder (no {CONFIG_NAME})")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise CacheError(f"{path}: unreadable student config ({exc})") from None

@@ -1,0 +1,186 @@
+"""Streaming the cache into training batches: validation split by id, shuffled shards, bounded buffers.
+
+Memory is set by one shard's texts, the shuffle buffer and the bucketing pool, never by the size of the cache.
+Every random choice comes from (seed, epoch, stream), so an epoch can be replayed exactly to resume it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from student.tokenizer import WordPieceTokenizer
+from teacher_cache.reader import TeacherCache, open_cache
+from teacher_cache.shards import vectors_of
+
+VAL_SALT = 0x5EED_7A1  # fixed: the validation rows do not change with the training seed
+Row = tuple[int, str, np.ndarray, int]  # id, text, teacher vector, n_tokens
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fixed, well-spread hash of uint64 values."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def validation_ids(n_rows: int, val_rows: int, chunk: int = 1 << 20) -> np.ndarray:
+    """The `val_rows` ids in [0, n_rows) with the smallest hash: sorted, stable across runs, seeds and resumes."""
+    if val_rows <= 0:
+        return np.zeros(0, dtype=np.int64)
+    best_ids, best_keys = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    for start in range(0, n_rows, chunk):
+        ids = np.arange(start, min(start + chunk, n_rows), dtype=np.int64)
+        keys = _mix64(ids.astype(np.uint64) + np.uint64(VAL_SALT))
+        ids, keys = np.concatenate([best_ids, ids]), np.concatenate([best_keys, keys])
+        keep = np.argpartition(keys, val_rows - 1)[:val_rows] if len(keys) > val_rows else slice(None)
+        best_ids, best_keys = ids[keep], keys[keep]
+    return np.sort(best_ids)
+
+
+def read_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[str], np.ndarray]:
+    """Texts and float32 vectors of the given sorted ids, reading only the shards that hold them."""
+    texts: list[str] = []
+    parts: list[np.ndarray] = []
+    for index, info in enumerate(cache.manifest.shards):
+        local = ids[(ids >= info.id_start) & (ids <= info.id_end)] - info.id_start
+        if len(local) == 0:
+            continue
+        table = cache.read_shard(index, ["text", column]).take(pa.array(local))
+        texts += table.column("text").to_pylist()
+        parts.append(np.asarray(vectors_of(table, column), dtype=np.float32))
+    return texts, (np.concatenate(parts) if parts else np.zeros((0, cache.dim), dtype=np.float32))
+
+
+@dataclass
+class Batch:
+    """One training batch: padded token ids, lengths, teacher vectors and the cache ids of its rows."""
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+    targets: torch.Tensor
+    ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pin_memory(self) -> Batch:
+        """A copy in page-locked memory (DataLoader calls this when pin_memory=True)."""
+        return Batch(self.input_ids.pin_memory(), self.lengths.pin_memory(), self.targets.pin_memory(),
+                     self.ids.pin_memory())
+
+
+class StreamingCacheDataset(IterableDataset):
+    """Length-bucketed batches over a cache's training rows; shuffled shards, shuffle buffer, worker-aware."""
+
+    def __init__(self, cache_dir: str | Path, column: str, tokenizer: WordPieceTokenizer, batch_size: int,
+                 seed: int = 0, val_ids: np.ndarray | None = None, max_rows: int | None = None,
+                 buffer_size: int = 10_000, pool_batches: int = 50, rank: int = 0, world_size: int = 1):
+        """Stream `column` of the cache at `cache_dir`, skipping `val_ids` and ids >= `max_rows`."""
+        self.cache_dir, self.column, self.tokenizer = Path(cache_dir), column, tokenizer
+        self.batch_size, self.seed, self.buffer_size, self.pool_batches = batch_size, seed, buffer_size, pool_batches
+        self.val_ids = np.zeros(0, dtype=np.int64) if val_ids is None else np.asarray(val_ids, dtype=np.int64)
+        self.max_rows, self.rank, self.world_size = max_rows, rank, world_size
+        self.shards = open_cache(self.cache_dir).manifest.shards
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Choose the epoch to stream next and how many of its first batches to pass over (when resuming)."""
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """All shard indices (those below max_rows) in this epoch's order, the same for every worker and rank."""
+        usable = [i for i, s in enumerate(self.shards) if self.max_rows is None or s.id_start < self.max_rows]
+        return [usable[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(usable))]
+
+    def stream_shards(self, epoch: int, worker: int, num_workers: int) -> list[int]:
+        """The shards one stream (rank x DataLoader worker) reads this epoch: disjoint across streams."""
+        return self.shard_order(epoch)[self.rank::self.world_size][worker::num_workers]
+
+    def rows_in(self, shard: int) -> int:
+        """Training rows of one shard (validation ids and ids past max_rows excluded)."""
+        info = self.shards[shard]
+        end = info.id_end if self.max_rows is None else min(info.id_end, self.max_rows - 1)
+        if end < info.id_start:
+            return 0
+        val = np.count_nonzero((self.val_ids >= info.id_start) & (self.val_ids <= end))
+        return end - info.id_start + 1 - int(val)
+
+    def batches_per_epoch(self, epoch: int, num_workers: int = 0) -> int:
+        """Exact number of batches this rank yields in `epoch` (only the last of each stream is short)."""
+        streams = max(num_workers, 1)
+        rows = [sum(self.rows_in(s) for s in self.stream_shards(epoch, w, streams)) for w in range(streams)]
+        return sum(math.ceil(r / self.batch_size) for r in rows)
+
+    def _rows(self, cache: TeacherCache, shards: list[int], rng: np.random.Generator) -> Iterator[Row]:
+        """Training rows of `shards` in order, each shard's rows permuted."""
+        for index in shards:
+            table = cache.read_shard(index, ["id", "text", self.column, "n_tokens"])
+            ids = table.column("id").to_numpy()
+            keep = ~np.isin(ids, self.val_ids)
+            if self.max_rows is not None:
+                keep &= ids < self.max_rows
+            rows = np.flatnonzero(keep)[rng.permutation(int(keep.sum()))]
+            texts = table.column("text").to_pylist()
+            vectors = vectors_of(table, self.column)
+            n_tokens = table.column("n_tokens").to_numpy()
+            for r in rows:
+                yield int(ids[r]), texts[r], vectors[r].astype(np.float32), int(n_tokens[r])  # copy, not a view
+
+    def _shuffle(self, rows: Iterator[Row], rng: np.random.Generator) -> Iterator[Row]:
+        """A bounded shuffle buffer: hold `buffer_size` rows, emit a random one as each new row arrives."""
+        buffer: list[Row] = []
+        for row in rows:
+            if len(buffer) < self.buffer_size:
+                buffer.append(row)
+                continue
+            pick = int(rng.integers(len(buffer)))
+            buffer[pick], row = row, buffer[pick]
+            yield row
+        for pick in rng.permutation(len(buffer)):
+            yield buffer[pick]
+
+    def _bucket(self, rows: Iterator[Row], rng: np.random.Generator) -> Iterator[list[Row]]:
+        """Pools of `pool_batches` batches' worth of rows, sorted by length, cut into batches, batches shuffled."""
+        pool_size = self.batch_size * self.pool_batches
+        pool: list[Row] = []
+        for row in rows:
+            pool.append(row)
+            if len(pool) == pool_size:
+                yield from self._cut(pool, rng)
+                pool = []
+        if pool:
+            yield from self._cut(pool, rng)
+
+    def _cut(self, pool: list[Row], rng: np.random.Generator) -> Iterator[list[Row]]:
+        order = np.argsort([min(r[3], self.tokenizer.max_length) for r in pool], kind="stable")
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for b in rng.permutation(len(batches)):
+            yield [pool[i] for i in batches[b]]
+
+    def collate(self, rows: list[Row]) -> Batch:
+        """Tokenize and pad a list of rows into a Batch."""
+        input_ids, lengths = self.tokenizer([r[1] for r in rows])
+        targets = torch.from_numpy(np.stack([r[2] for r in rows]))
+        return Batch(input_ids, lengths, targets, torch.tensor([r[0] for r in rows], dtype=torch.long))
+
+    def __iter__(self) -> Iterator[Batch]:
+        """This stream's batches for the current epoch, after passing over `skip_batches` (one stream only)."""
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        stream = self.rank * num_workers + worker
+        rng = np.random.default_rng([self.seed, self.epoch, stream, 1])
+        shards = self.stream_shards(self.epoch, worker, num_workers)
+        skip = self.skip_batches if info is None else 0  # with workers, the trainer drops batches itself
+        cache = open_cache(self.cache_dir)
+        for i, rows in enumerate(self._bucket(self._shuffle(self._rows(cache, shards, rng), rng), rng)):
+            if i >= skip:
+                yield self.collate(rows)

@@ -1,0 +1,117 @@
+"""The student encoders: token ids (batch x time) and lengths in, one vector per sentence out.
+
+Every encoder masks padding itself (embeddings zeroed, pooling over real tokens only), so a sentence's vector
+never depends on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from student.config import StudentConfig
+
+
+def length_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:
+    """(batch, time) boolean mask, True on real tokens."""
+    return torch.arange(time, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Max or mean of (batch, time, dim) states over the real time steps."""
+    if pooling == "max":
+        return states.masked_fill(~mask[..., None], torch.finfo(states.dtype).min).amax(dim=1)
+    weights = mask[..., None].to(states.dtype)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class BiLSTMEncoder(nn.Module):
+    """Word-piece embedding -> bidirectional LSTM over packed sequences -> pooling over time -> linear."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.lstm = nn.LSTM(cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, bidirectional=True, batch_first=True,
+                            dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(2 * cfg.hidden, cfg.out_dim)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, time) ids and (batch,) lengths -> (batch, out_dim)."""
+        time = input_ids.shape[1]
+        x = self.dropout(self.embedding(input_ids))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = self.lstm(packed)
+        states, _ = pad_packed_sequence(states, batch_first=True, total_length=time)
+        pooled = masked_pool(states, length_mask(lengths, time), self.cfg.pooling)
+        return self.proj(self.dropout(pooled))
+
+
+class CNNEncoder(nn.Module):
+    """Word-piece embedding -> parallel 1-D convolutions (odd widths, same length) + ReLU -> pooling -> linear."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.convs = nn.ModuleList(nn.Conv1d(cfg.emb_dim, cfg.hidden, k, padding=k // 2) for k in cfg.kernel_sizes)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(cfg.hidden * len(cfg.kernel_sizes), cfg.out_dim)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, time) ids and (batch,) lengths -> (batch, out_dim)."""
+        mask = length_mask(lengths, input_ids.shape[1])
+        x = self.dropout(self.embedding(input_ids)) * mask[..., None]  # padding reads as the conv's zero padding
+        x = x.transpose(1, 2)
+        pooled = [masked_pool(torch.relu(conv(x)).transpose(1, 2), mask, self.cfg.pooling) for conv in self.convs]
+        return self.proj(self.dropout(torch.cat(pooled, dim=-1)))
+
+
+class StaticEncoder(nn.Module):
+    """model2vec-like: the pooled (mean by default) token vectors, then a linear map to the teacher's width."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.proj = nn.Linear(cfg.emb_dim, cfg.out_dim)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, time) ids and (batch,) lengths -> (batch, out_dim)."""
+        mask = length_mask(lengths, input_ids.shape[1])
+        return self.proj(masked_pool(self.embedding(input_ids), mask, self.cfg.pooling))
+
+
+ENCODERS: dict[str, type[nn.Module]] = {"bilstm": BiLSTMEncoder, "cnn": CNNEncoder, "static": StaticEncoder}
+
+
+def build_encoder(cfg: StudentConfig) -> nn.Module:
+    """The encoder module for `cfg.arch`, randomly initialised."""
+    return ENCODERS[cfg.arch](cfg)
+
+
+def project_embeddings(matrix: np.ndarray, dim: int) -> torch.Tensor:
+    """Teacher token embeddings (vocab x d) -> (vocab x dim): PCA when narrower, copy (+ small noise) otherwise.
+
+    The result is rescaled to unit standard deviation, the scale of nn.Embedding's own random init.
+    """
+    x = torch.as_tensor(np.asarray(matrix, dtype=np.float32))
+    x = x - x.mean(dim=0, keepdim=True)
+    if dim < x.shape[1]:
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        out = x @ vh[:dim].T
+    else:
+        out = torch.randn(x.shape[0], dim) * x.std() * 0.01
+        out[:, : x.shape[1]] = x
+    return out / out.std().clamp(min=1e-12)
+
+
+def init_from_teacher(encoder: nn.Module, matrix: np.ndarray) -> None:
+    """Overwrite the encoder's embedding with the teacher's token embeddings projected to its width."""
+    weight = encoder.embedding.weight
+    rows = min(weight.shape[0], matrix.shape[0])
+    with torch.no_grad():
+        weight[:rows] = project_embeddings(matrix[:rows], weight.shape[1])

@@ -1,0 +1,126 @@
+"""Student: a small sentence encoder distilled from a cached teacher; loads and encodes like sentence-transformers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from student.config import StudentConfig
+from student.models import build_encoder
+from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+from teacher_cache.errors import CacheError
+from teacher_cache.progress import Progress
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class Student(nn.Module):
+    """Tokenizer + encoder. `encode(sentences)` returns one teacher-width vector per sentence, in input order."""
+
+    def __init__(self, config: StudentConfig, tokenizer_files: dict[str, bytes]):
+        """A randomly initialised student with `config`, tokenizing with the given tokenizer files."""
+        super().__init__()
+        if "tokenizer.json" not in tokenizer_files:
+            raise CacheError("a student needs tokenizer.json among its tokenizer files")
+        self.config = config
+        self.tokenizer_files = dict(tokenizer_files)
+        self.tokenizer = WordPieceTokenizer(tokenizer_files["tokenizer.json"], config.max_length, config.pad_id)
+        self.encoder = build_encoder(config)
+
+    @classmethod
+    def from_tokenizer_dir(cls, config: StudentConfig, folder: str | Path) -> Student:
+        """A new student whose vocabulary is the tokenizer in `folder` (a cache's tokenizer/ folder)."""
+        return cls(config, read_tokenizer_files(folder))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return next(self.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        """Width of the sentence vectors (the teacher's)."""
+        return self.config.out_dim
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, time) padded ids and (batch,) lengths -> (batch, out_dim) sentence vectors."""
+        return self.encoder(input_ids, lengths)
+
+    def set_sparse(self, sparse: bool) -> None:
+        """Make the embedding produce sparse gradients (for torch.optim.SparseAdam) or dense ones."""
+        self.encoder.embedding.sparse = sparse
+
+    def num_parameters(self) -> int:
+        """Number of weights."""
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None) -> Student:
+        """Load a student folder written by save_pretrained (no cache and no teacher needed)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config = StudentConfig.load(path)
+        weights = path / WEIGHTS_NAME
+        if not weights.exists():
+            raise CacheError(f"{path}: no {WEIGHTS_NAME}")
+        student = cls(config, read_tokenizer_files(path))
+        try:
+            student.load_state_dict(load_file(str(weights)))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CacheError(f"{weights}: weights do not match config.json ({first})") from None
+        return student.to(device or "cpu").eval()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json, model.safetensors and the tokenizer files into `path` (created)."""
+        from safetensors.torch import save
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save(path)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        tmp = path / (WEIGHTS_NAME + ".tmp")
+        tmp.write_bytes(save(state, metadata={"format": "pt", "arch": self.config.arch}))
+        tmp.replace(path / WEIGHTS_NAME)
+        for name, data in self.tokenizer_files.items():
+            (path / name).write_bytes(data)
+
+    def encode(self, sentences: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False,
+               show_progress_bar: bool | None = None, convert_to_tensor: bool = False,
+               device: str | None = None) -> np.ndarray | torch.Tensor:
+        """Sentence vectors (n, dim) in input order (1-D for a single str); batching never changes the result."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if any(not isinstance(t, str) for t in texts):
+            raise TypeError("encode() takes a str or a sequence of str")
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: must be at least 1")
+        if device is not None:
+            self.to(device)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first, as sentence-transformers
+        out = torch.empty(len(texts), self.dim)
+        progress = Progress("encode", len(texts), "sentences", quiet=not show_progress_bar)
+        was_training, dev = self.training, self.device
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(texts), batch_size):
+                    index = order[start:start + batch_size]
+                    ids, lengths = self.tokenizer([texts[i] for i in index])
+                    vectors = self(ids.to(dev), lengths.to(dev)).float()
+                    if normalize_embeddings:
+                        vectors = F.normalize(vectors, dim=-1)
+                    out[torch.from_numpy(index)] = vectors.cpu()
+                    progress.update(len(index))
+        finally:
+            self.train(was_training)
+        if show_progress_bar:
+            progress.close()
+        result = out if convert_to_tensor else out.numpy()
+        return result[0] if single else result

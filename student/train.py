@@ -1,0 +1,374 @@
+"""Train a student on a teacher cache: one readable loop (nanoGPT style), every knob in TrainConfig below.
+
+The teacher is never loaded: targets stream from the cache's shards. Checkpoints are atomic and carry the
+data position (epoch, batches done), so `resume=True` replays the same batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from student.card import write_run_files
+from student.checkpoint import check_output, clear_output, load_checkpoint, remove_checkpoint, save_checkpoint
+from student.config import StudentConfig
+from student.data import Batch, StreamingCacheDataset, read_rows, validation_ids
+from student.evaluate import evaluate
+from student.models import init_from_teacher
+from student.student import Student
+from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+from teacher_cache.errors import CacheError
+from teacher_cache.progress import Progress
+from teacher_cache.reader import open_cache
+
+
+@dataclass
+class TrainConfig:
+    """Every training knob. None means: derive it (from the architecture, the cache or the run length)."""
+
+    # data
+    shards: str = "out"  # the cache folder written by `tc encode`
+    out: str = "student_out"  # the student folder to write
+    target_column: str | None = None  # pooling ('mean', 'cls') or column name; None: the cache's first
+    max_rows: int | None = None  # use only ids below this
+    val_rows: int | None = None  # None: min(2000, 10% of the rows)
+    buffer_size: int = 10_000  # rows in the shuffle buffer
+    pool_batches: int = 50  # batches' worth of rows sorted together by length
+    num_workers: int = 0  # DataLoader workers (each reads its own shards)
+    # model
+    arch: str = "bilstm"  # bilstm | cnn | static
+    emb_dim: int | None = None
+    hidden: int | None = None
+    layers: int = 1
+    pooling: str | None = None  # max | mean
+    dropout: float = 0.0
+    max_length: int | None = None  # None: the cache's
+    init_embeddings: str = "teacher"  # teacher | random
+    # optimisation
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    warmup_steps: int | None = None  # None: 5% of the steps, at most 1000
+    decay: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.01  # AdamW, on weight matrices other than the embedding
+    grad_clip: float = 1.0  # 0: off
+    sparse_embeddings: str = "auto"  # yes: SparseAdam on the embedding; auto: yes on CPU
+    loss: str = "mse"  # mse (the paper's) | cosine | contrastive (in-batch InfoNCE)
+    temperature: float = 0.05  # contrastive only
+    # run
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; autocast on CUDA only
+    eval_every: int = 0  # steps; 0: at each epoch end only
+    checkpoint_every: int = 500  # steps; 0: at epoch ends only
+    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise a one-line CacheError naming the first bad flag."""
+        choices = {"arch": ("bilstm", "cnn", "static"), "init_embeddings": ("teacher", "random"),
+                   "loss": ("mse", "cosine", "contrastive"), "decay": ("cosine", "linear", "constant"),
+                   "sparse_embeddings": ("auto", "yes", "no"), "precision": ("auto", "fp32", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise CacheError(f"--{name.replace('_', '-')} {value}: choose one of {', '.join(allowed)}")
+        minimum = {"epochs": 1, "batch_size": 2 if self.loss == "contrastive" else 1, "max_rows": 1, "val_rows": 0,
+                   "buffer_size": 1, "pool_batches": 1, "num_workers": 0, "layers": 1, "eval_every": 0,
+                   "checkpoint_every": 0, "max_steps": 1, "warmup_steps": 0, "emb_dim": 1, "hidden": 1,
+                   "max_length": 2}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise CacheError(f"--{name.replace('_', '-')} {value}: must be at least {low}")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise CacheError(f"--{name} {getattr(self, name)}: must be positive")
+        for name in ("weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise CacheError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise CacheError(f"--min-lr-ratio {self.min_lr_ratio}: must be in [0, 1]")
+
+
+# Knobs that do not change what is learned: a resumed run may set them differently.
+RUN_ONLY = ("shards", "out", "device", "precision", "eval_every", "checkpoint_every", "max_steps", "resume",
+            "force", "quiet")
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch.device for --device, refusing CUDA where there is none."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CacheError(f"--device {name}: choose cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CacheError(f"--device {name}: no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise CacheError(f"--device {name}: choose cpu or cuda")
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype (bf16 or fp16 on CUDA), or None for plain fp32."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise CacheError(f"--precision {precision}: autocast is used on CUDA only; use fp32 or auto on CPU")
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    """Learning rate of `step`: linear warm-up, then cosine/linear decay to lr * min_lr_ratio (or constant)."""
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    low = cfg.lr * cfg.min_lr_ratio
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    coeff = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}[cfg.decay]
+    return low + coeff * (cfg.lr - low)
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    """MSE to the teacher vectors, 1 - cosine, or in-batch InfoNCE (each teacher vector is its row's positive)."""
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(pred), device=pred.device))
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale all gradients (sparse ones included) so their joint norm is at most max_norm; return the norm."""
+    for p in parameters:
+        if p.grad is not None and p.grad.is_sparse:  # duplicate rows must be summed before the norm is taken
+            p.grad = p.grad.coalesce()
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norms = [(g._values() if g.is_sparse else g).norm() for g in grads]
+    total = torch.stack(norms).norm() if norms else torch.zeros(())
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale)
+    return float(total)
+
+
+def make_optimizers(student: Student, cfg: TrainConfig, sparse: bool) -> list[torch.optim.Optimizer]:
+    """AdamW for the dense weights (decay on matrices); the embedding in SparseAdam when sparse."""
+    embedding = student.encoder.embedding.weight
+    others = [p for p in student.parameters() if p is not embedding]
+    groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0}]
+    if sparse:
+        return [torch.optim.AdamW(groups, lr=cfg.lr), torch.optim.SparseAdam([embedding], lr=cfg.lr)]
+    return [torch.optim.AdamW(groups + [{"params": [embedding], "weight_decay": 0.0}], lr=cfg.lr)]
+
+
+@contextmanager
+def deferred_interrupt():
+    """A first Ctrl-C only sets flag['hit'] (the loop checkpoints at the next step); a second one interrupts."""
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        """First Ctrl-C: ask for a checkpoint; second: interrupt now."""
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train_step(student: Student, batch: Batch, optimizers: list, scaler, cfg: TrainConfig,
+               amp: torch.dtype | None) -> torch.Tensor:
+    """Forward, loss, backward, clip, optimizer steps on one batch; returns the (detached) loss."""
+    device = student.device
+    ids, lengths = batch.input_ids.to(device, non_blocking=True), batch.lengths.to(device, non_blocking=True)
+    targets = batch.targets.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        pred = student(ids, lengths)
+    loss = loss_fn(pred.float(), targets, cfg.loss, cfg.temperature)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+    if cfg.grad_clip > 0:
+        clip_gradients(list(student.parameters()), cfg.grad_clip)
+    for opt in optimizers:
+        scaler.step(opt) if scaler else opt.step()
+    if scaler:
+        scaler.update()
+    return loss.detach()
+
+
+def log(cfg: TrainConfig, message: str) -> None:
+    """One line on stderr unless quiet."""
+    if not cfg.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) a student as `cfg` says; return the metrics. Writes the student folder when done."""
+    # ---- check everything before writing anything --------------------------------------------------------------
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device, cfg.precision)
+    cache = open_cache(cfg.shards)
+    cache.check()
+    column = cache.vector_column(cfg.target_column)
+    n_rows = len(cache) if cfg.max_rows is None else min(cfg.max_rows, len(cache))
+    val_rows = min(2000, n_rows // 10) if cfg.val_rows is None else cfg.val_rows
+    if val_rows >= n_rows:
+        raise CacheError(f"--val-rows {val_rows}: leaves no training rows (using {n_rows:,} rows of the cache)")
+    tokenizer_files = read_tokenizer_files(cache.tokenizer_path)
+    max_length = cfg.max_length or cache.manifest.max_length
+    vocab = WordPieceTokenizer(tokenizer_files["tokenizer.json"], max_length).vocab_size
+    m = cache.manifest
+    scfg = StudentConfig(arch=cfg.arch, vocab_size=vocab, emb_dim=cfg.emb_dim, hidden=cfg.hidden, layers=cfg.layers,
+                         pooling=cfg.pooling, out_dim=cache.dim, max_length=max_length, dropout=cfg.dropout,
+                         teacher={"name": m.teacher, "hash": m.teacher_hash, "column": column,
+                                  "pooling": m.columns.get(column), "normalized": m.normalize})
+    cache_info = {"path": str(cfg.shards), "teacher": m.teacher, "teacher_hash": m.teacher_hash, "dim": m.dim,
+                  "corpus_fingerprint": m.corpus_fingerprint, "rows": len(cache),
+                  "target_pooling": m.columns.get(column)}
+    resolved = {"target_column": column, "val_rows": val_rows, "max_length": max_length, "emb_dim": scfg.emb_dim,
+                "hidden": scfg.hidden, "pooling": scfg.pooling}
+    args = {**asdict(cfg), **resolved}
+    settings = {k: v for k, v in args.items() if k not in RUN_ONLY} | {
+        "cache": {k: cache_info[k] for k in ("teacher_hash", "corpus_fingerprint", "rows")}}
+    check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)
+    state = load_checkpoint(cfg.out, settings) if cfg.resume else None
+
+    # ---- the student, its optimizers, the data ------------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    student = Student(scfg, tokenizer_files)
+    if state is None and cfg.init_embeddings == "teacher":
+        init_from_teacher(student.encoder, cache.token_embeddings())
+    sparse = state["sparse"] if state else cfg.sparse_embeddings == "yes" or (
+        cfg.sparse_embeddings == "auto" and device.type == "cpu")
+    student.set_sparse(sparse)
+    student.to(device).train()
+    optimizers = make_optimizers(student, cfg, sparse)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    val_ids = validation_ids(n_rows, val_rows)
+    val_texts, val_targets = read_rows(cache, val_ids, column)
+    dataset = StreamingCacheDataset(cfg.shards, column, student.tokenizer, cfg.batch_size, seed=cfg.seed,
+                                    val_ids=val_ids, max_rows=n_rows,
+                                    buffer_size=cfg.buffer_size, pool_batches=cfg.pool_batches)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    train_rows = n_rows - val_rows
+    total_steps = sum(dataset.batches_per_epoch(e, cfg.num_workers) for e in range(cfg.epochs))
+    warmup = min(1000, max(1, total_steps // 20)) if cfg.warmup_steps is None else cfg.warmup_steps
+    args |= {"warmup_steps": warmup, "total_steps": total_steps, "sparse_embeddings_used": sparse, "cache": cache_info}
+
+    # ---- from here on we write into --out ------------------------------------------------------------------------
+    if cfg.force:
+        clear_output(cfg.out)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    epoch, batches_done, step, rows_seen, seconds, history = 0, 0, 0, 0, 0.0, []
+    if state:
+        student.load_state_dict(state["model"])
+        for opt, saved in zip(optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        epoch, batches_done, step = state["epoch"], state["batches_done"], state["step"]
+        rows_seen, seconds, history = state["rows_seen"], state["seconds"], state["history"]
+        log(cfg, f"resuming at epoch {epoch + 1}, step {step:,} ({rows_seen:,} sentences seen)")
+    else:
+        history.append({"step": 0, "epoch": 0, "rows_seen": 0, **evaluate(student, val_texts, val_targets)})
+
+    def record_eval() -> None:
+        """Evaluate on the validation rows and append to the history (once per step)."""
+        if history and history[-1]["step"] == step:
+            return
+        metrics = evaluate(student, val_texts, val_targets)
+        history.append({"step": step, "epoch": round(epoch + batches_done / max(1, len_epoch), 4),
+                        "rows_seen": rows_seen, **metrics})
+        if metrics:
+            log(cfg, f"eval step {step:,}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def checkpoint() -> None:
+        """Save everything needed to continue exactly from here."""
+        save_checkpoint(cfg.out, {
+            "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+            "scaler": scaler.state_dict() if scaler else None, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "epoch": epoch, "batches_done": batches_done, "step": step, "rows_seen": rows_seen,
+            "seconds": seconds + time.monotonic() - t0, "history": history, "sparse": sparse, "settings": settings})
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    progress = Progress("train", train_rows * cfg.epochs, "sentences", quiet=cfg.quiet, start=rows_seen)
+    t0, smooth = time.monotonic(), None
+    with deferred_interrupt() as interrupted:
+        while epoch < cfg.epochs:
+            len_epoch = dataset.batches_per_epoch(epoch, cfg.num_workers)
+            dataset.set_epoch(epoch, skip_batches=batches_done)
+            batches = iter(loader) if cfg.num_workers == 0 else islice(iter(loader), batches_done, None)
+            for batch in batches:
+                lr = lr_at(step, total_steps, warmup, cfg)
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                loss = float(train_step(student, batch, optimizers, scaler, cfg, amp))
+                step, batches_done, rows_seen = step + 1, batches_done + 1, rows_seen + len(batch)
+                smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
+                progress.label = f"step {step:,} loss {smooth:.4g} epoch {epoch + 1}/{cfg.epochs}"
+                progress.update(len(batch), tokens=int(batch.lengths.sum()))
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    record_eval()
+                if interrupted["hit"] or (cfg.max_steps and step >= cfg.max_steps):
+                    checkpoint()
+                    progress.close()
+                    if interrupted["hit"]:
+                        log(cfg, f"interrupted at step {step:,}: checkpoint saved in {Path(cfg.out) / 'checkpoint'}; "
+                                 "rerun with --resume to continue")
+                        raise KeyboardInterrupt
+                    log(cfg, f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue")
+                    return {"stopped": True, "step": step, "rows_seen": rows_seen, "history": history}
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    checkpoint()
+            epoch, batches_done = epoch + 1, 0
+            record_eval()
+            checkpoint()
+    progress.close()
+
+    # ---- the finished student folder --------------------------------------------------------------------------
+    seconds += time.monotonic() - t0
+    metrics = {"final": {k: v for k, v in history[-1].items() if k not in ("step", "epoch", "rows_seen")},
+               "initial": {k: v for k, v in history[0].items() if k not in ("step", "epoch", "rows_seen")},
+               "rows_seen": rows_seen, "steps": step, "epochs": cfg.epochs, "train_rows": train_rows,
+               "val_rows": val_rows, "train_seconds": round(seconds, 2),
+               "sentences_per_second": round(rows_seen / max(seconds, 1e-9), 1), "history": history}
+    student.save_pretrained(cfg.out)
+    write_run_files(cfg.out, args, metrics, student.num_parameters())
+    remove_checkpoint(cfg.out)
+    log(cfg, f"{cfg.out}: {scfg.arch} student, {step:,} steps, " +
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items()))
+    return metrics
