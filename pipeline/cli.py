@@ -133,10 +133,11 @@ def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> No
         typer.echo(f"{key:<{width}}  {value}")
 
 
-from pipeline.eval_cmds import eval_, probe  # noqa: E402
+from pipeline.eval_cmds import demo, eval_, probe  # noqa: E402
 
 app.command("probe")(probe)
 app.command("eval")(eval_)
+app.command("demo")(demo)
 
 INTERRUPTED = "interrupted: complete shards and checkpoints are kept; rerun the same command to resume"
 

@@ -94,3 +94,28 @@ def format_table(header: list[str], rows: list[tuple[str, list[float]]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([label] + [f"{v:.2f}" for v in values]) + " |" for label, values in rows]
     return "\n".join(lines)
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the cache, student, probe report and summary.")] = Path("demo"),
+    corpus: Annotated[list[str], typer.Option(help="Corpus file(s) (default: the bundled 5,000 sentences).")] = None,
+    arch: Annotated[str, typer.Option(help="Student: bilstm, cnn or static.")] = "bilstm",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    max_rows: Annotated[int, typer.Option(help="Use only the first N corpus rows.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-encode even if <out>/cache holds another cache.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+) -> None:
+    """Run the whole pipeline on the bundled sample: encode -> train-student -> probe -> eval, then one table.
+
+    Takes a few minutes on 2 CPU cores; rerunning reuses the finished cache.
+
+    Example: tc demo --out demo/ --arch bilstm --epochs 4
+    """
+    from pipeline.demo import DemoConfig, run_demo
+
+    if epochs < 1:
+        raise CacheError(f"--epochs {epochs}: must be at least 1")
+    summary = run_demo(DemoConfig(out=out, corpus=list(corpus) if corpus else None, arch=arch, epochs=epochs,
+                                  lr=lr, max_rows=max_rows, force=force, quiet=quiet))
+    typer.echo("\n" + summary)

@@ -131,7 +131,8 @@ def test_eval_reads_senteval_layout(tmp_path, tiny_student, capsys):
     (folder / "STS.gs.test.txt").write_text("4.8\n0.2\n4.0\n\n")
     (tmp_path / "senteval" / "SICK_test_annotated.txt").write_text(
         "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
-        + "".join(f"{i}\t{p}\t{s}\tNEUTRAL\n" for i, (p, s) in enumerate(zip(pairs, ["4.8", "1", "4", "2"], strict=True))))
+        + "".join(f"{i}\t{p}\t{s}\tNEUTRAL\n"
+                  for i, (p, s) in enumerate(zip(pairs, ["4.8", "1", "4", "2"], strict=True))))
     code, out, err = run_cli(capsys, "eval", "--student", tiny_student, "--tasks", "sts12,sick-r",
                              "--data-dir", tmp_path / "senteval")
     assert code == 0, err
@@ -160,3 +161,14 @@ def test_real_teacher_sts_b_test_matches_reference(capsys):
     ours = float(out.strip().splitlines()[2].split("|")[2])
     reference = sts_spearman(SentenceTransformer(real_teacher_path(), device="cpu").encode, pairs)
     assert abs(ours - reference) < 0.5
+
+
+def test_demo_runs_end_to_end_on_a_small_slice(tmp_path, capsys):
+    """tc demo with the real teacher on 300 bundled sentences and a static student: every step, one table."""
+    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--max-rows", "300", "--epochs", "1",
+                             "--arch", "static", "--quiet")
+    assert code == 0, err
+    assert "| STS-B test Spearman x100 | 82." in out
+    assert "kNN@10 agreement" in out and "sentences/s on this machine" in out
+    for path in ("cache/manifest.json", "student/model.safetensors", "probe/report.md", "summary.md"):
+        assert (tmp_path / "demo" / path).exists()
