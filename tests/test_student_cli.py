@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -22,15 +21,6 @@ from teacher_cache import open_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--emb-dim", "16", "--hidden", "16", "--batch-size", "16", "--lr", "0.01", "--val-rows", "30"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads on a shared 2-core machine spin badly; tiny models need only one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

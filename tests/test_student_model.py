@@ -12,15 +12,6 @@ from teacher_cache import open_cache
 from teacher_cache.errors import CacheError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads on a shared 2-core machine spin badly; tiny models need only one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_student(cache_dir, arch: str = "bilstm", **kw) -> Student:
     """A random tiny student sharing the cache's tokenizer."""
     cache = open_cache(cache_dir)

@@ -15,15 +15,6 @@ from teacher_cache import open_cache
 from teacher_cache.errors import CacheError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads on a shared 2-core machine spin badly; tiny models need only one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def config(cache, out, **kw) -> TrainConfig:
     """A tiny, quiet run: embedding 16, hidden 16, 30 validation rows, batch 16 (17 steps per epoch)."""
     args = {"emb_dim": 16, "hidden": 16, "epochs": 1, "batch_size": 16, "lr": 1e-2, "val_rows": 30,
