@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -62,10 +63,21 @@ def encode(
     online: Annotated[bool, typer.Option(help="Allow downloading a hub teacher (offline by default).")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite a cache made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress on stderr.")] = False,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (a pool of Ray actors, one teacher "
+                                             "each; same cache; needs pip install -e \".[ray]\").")] = "local",
+    ray_address: Annotated[str, typer.Option(help="With --engine ray: the cluster to join ('auto': the one "
+                                                  "started by `ray start`); default: start a local Ray.")] = None,
+    workers: Annotated[int, typer.Option(help="With --engine ray: number of actors (default one per GPU with "
+                                              "--gpus-per-worker, else one per CPU of the cluster).")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per actor, 0 (CPU workers) or "
+                                                        "1 (each worker encodes on its own GPU).")] = 0.0,
 ) -> None:
     """Run the teacher over a corpus once and write its sentence vectors as a sharded cache.
 
     Resumes after the last complete shard when rerun; refuses to mix settings without --force.
+
+    With --engine ray the shards are encoded by Ray actors and written by this process, in order: the same
+    shards, ids and manifest as the local engine.
 
     Example: tc encode --corpus wiki.txt.gz --out out/ --pooling mean,cls --shard-size 50000
     """
@@ -78,7 +90,18 @@ def encode(
                        max_rows=max_rows, force=force, quiet=quiet, online=online)
     if corpus:
         cfg.corpus = list(corpus)
-    manifest = encode_corpus(cfg)
+    if engine == "ray":
+        from teacher_cache.ray_encode import RayOptions, encode_corpus_ray
+
+        manifest = encode_corpus_ray(cfg, RayOptions(ray_address, workers, gpus_per_worker))
+    elif engine == "local":
+        given = [flag for flag, value in (("--ray-address", ray_address), ("--workers", workers),
+                                          ("--gpus-per-worker", gpus_per_worker or None)) if value is not None]
+        if given:
+            raise CacheError(f"{given[0]}: only with --engine ray")
+        manifest = encode_corpus(cfg)
+    else:
+        raise CacheError(f"--engine {engine}: choose local or ray")
     if not quiet:
         typer.echo(f"{out}: {manifest.rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
                    f"in {len(manifest.shards)} shard(s), precision {manifest.precision}", err=True)
@@ -139,6 +162,12 @@ app.command("probe")(probe)
 app.command("eval")(eval_)
 app.command("demo")(demo)
 
+from pipeline.finetune_cmd import cache_logits, finetune, predict  # noqa: E402
+
+app.command("finetune")(finetune)
+app.command("cache-logits")(cache_logits)
+app.command("predict")(predict)
+
 INTERRUPTED = "interrupted: complete shards and checkpoints are kept; rerun the same command to resume"
 
 
@@ -151,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line on stderr and an exit code."""
     try:
         result = app(args=argv, prog_name="tc", standalone_mode=False)
-        if result == 130:  # typer turns KeyboardInterrupt into Exit(130) before we can see it
-            print(INTERRUPTED, file=sys.stderr)
+        if result == 130 and "RANK" not in os.environ:  # typer turns KeyboardInterrupt into Exit(130); under
+            print(INTERRUPTED, file=sys.stderr)  # torchrun the launching `tc` says it once, not every rank
         return result if isinstance(result, int) else 0
     except CacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -170,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        if "RANK" not in os.environ:
+            print(INTERRUPTED, file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
@@ -178,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script wrapper around main()."""
-    sys.exit(main())
+    code = main()
+    if "RANK" in os.environ:  # a torchrun rank: leave without interpreter teardown, where gloo can abort
+        from student.distributed import exit_now
+
+        exit_now(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

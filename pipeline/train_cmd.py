@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from teacher_cache.errors import CacheError
+
 
 def train_student(
+    ctx: typer.Context,
     shards: Annotated[Path, typer.Option(help="Cache folder written by `tc encode`.")] = Path("out"),
     out: Annotated[Path, typer.Option(help="Student folder to write (created; refused when it holds other "
                                            "things, unless --force).")] = Path("student_out"),
@@ -41,14 +47,21 @@ def train_student(
     num_workers: Annotated[int, typer.Option(help="DataLoader worker processes (each reads its own "
                                                   "shards).")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress on stderr.")] = False,
+    nproc: Annotated[int, typer.Option(help="Train on N local processes with DistributedDataParallel: re-runs "
+                                            "this command under torchrun (gloo on CPU, nccl on CUDA, one GPU "
+                                            "per process); --batch-size is per process.")] = 1,
 ) -> None:
     """Train a small student (BiLSTM by default) to reproduce the cached teacher vectors, streaming the cache.
 
     Reports val MSE, cosine and kNN@10 agreement with the teacher on held-out rows; checkpoints atomically so
     that --resume continues after a crash or Ctrl-C with the same data order.
 
+    With --nproc N (or when started by torchrun) each rank streams its own equal share of the training rows and
+    rank 0 evaluates and writes; --resume needs the number of processes the checkpoint was made with.
+
     Example: tc train-student --shards out/ --out student_out/ --epochs 3 --batch-size 128
     """
+    from student import distributed
     from student.train import TrainConfig, train
 
     cfg = TrainConfig(shards=str(shards), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -56,4 +69,65 @@ def train_student(
                       target_column=target_column, loss=loss, emb_dim=emb_dim, hidden=hidden, resume=resume,
                       force=force, seed=seed, device=device, precision=precision, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, max_steps=max_steps, num_workers=num_workers, quiet=quiet)
-    train(cfg)
+    if nproc < 1:
+        raise CacheError(f"--nproc {nproc}: must be at least 1")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: check, then re-launch
+        check_before_launch(cfg, nproc)
+        code = run_quietly(distributed.torchrun_command(nproc, "pipeline.cli", ["train-student", *forwarded(ctx)]))
+        if code:
+            raise typer.Exit(code)
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        train(cfg)
+    except CacheError:
+        if rank:  # every rank meets the same error; rank 0 prints it
+            raise typer.Exit(1) from None
+        raise
+    except KeyboardInterrupt:
+        if rank:
+            raise typer.Exit(130) from None
+        raise
+    finally:
+        distributed.shutdown()
+
+
+def forwarded(ctx: typer.Context) -> list[str]:
+    """This command's options as given (those that differ from the defaults), without --nproc, as argv."""
+    argv: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "nproc" or value is None or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):
+            argv.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
+
+
+def check_before_launch(cfg, nproc: int) -> None:
+    """The usual mistakes, caught once here in one line rather than on every rank."""
+    import torch
+
+    from student.checkpoint import check_output
+    from teacher_cache.reader import open_cache
+
+    cfg.validate()
+    open_cache(cfg.shards).check()
+    check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)
+    if cfg.device.startswith("cuda") and torch.cuda.device_count() < nproc:
+        raise CacheError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s); use one per process")
+
+
+def run_quietly(cmd: list[str]) -> int:
+    """Run the torchrun command and return its exit code; Ctrl-C goes to the ranks, which checkpoint and stop."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return subprocess.call(cmd)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        return subprocess.call(cmd)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -22,6 +22,7 @@ from teacher_cache.shards import vectors_of
 
 VAL_SALT = 0x5EED_7A1  # fixed: the validation rows do not change with the training seed
 Row = tuple[int, str, np.ndarray, int]  # id, text, teacher vector, n_tokens
+Segment = tuple[int, int, int]  # shard index, first and end (exclusive) position among its training rows
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -101,9 +102,32 @@ class StreamingCacheDataset(IterableDataset):
         usable = [i for i, s in enumerate(self.shards) if self.max_rows is None or s.id_start < self.max_rows]
         return [usable[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(usable))]
 
+    def rank_segments(self, epoch: int, rank: int | None = None) -> list[Segment]:
+        """One rank's share of the epoch: the training rows in epoch shard order, cut into world_size equal ranges.
+
+        With one process that is every shard whole; with several, a shard may be split between two ranks at a
+        row (so ranks get equal shares even when there are fewer shards than ranks). Disjoint, covering.
+        """
+        rank = self.rank if rank is None else rank
+        order = self.shard_order(epoch)
+        sizes = [self.rows_in(s) for s in order]
+        total = sum(sizes)
+        lo, hi = total * rank // self.world_size, total * (rank + 1) // self.world_size
+        segments, pos = [], 0
+        for shard, n in zip(order, sizes, strict=True):
+            first, end = max(lo, pos), min(hi, pos + n)
+            if first < end:
+                segments.append((shard, first - pos, end - pos))
+            pos += n
+        return segments
+
+    def stream_segments(self, epoch: int, worker: int, num_workers: int, rank: int | None = None) -> list[Segment]:
+        """The segments one stream (rank x DataLoader worker) reads this epoch: disjoint across streams."""
+        return self.rank_segments(epoch, rank)[worker::num_workers]
+
     def stream_shards(self, epoch: int, worker: int, num_workers: int) -> list[int]:
-        """The shards one stream (rank x DataLoader worker) reads this epoch: disjoint across streams."""
-        return self.shard_order(epoch)[self.rank::self.world_size][worker::num_workers]
+        """The shards one stream reads (in part or whole) this epoch."""
+        return [shard for shard, _, _ in self.stream_segments(epoch, worker, num_workers)]
 
     def rows_in(self, shard: int) -> int:
         """Training rows of one shard (validation ids and ids past max_rows excluded)."""
@@ -114,21 +138,27 @@ class StreamingCacheDataset(IterableDataset):
         val = np.count_nonzero((self.val_ids >= info.id_start) & (self.val_ids <= end))
         return end - info.id_start + 1 - int(val)
 
-    def batches_per_epoch(self, epoch: int, num_workers: int = 0) -> int:
-        """Exact number of batches this rank yields in `epoch` (only the last of each stream is short)."""
+    def batches_per_epoch(self, epoch: int, num_workers: int = 0, rank: int | None = None) -> int:
+        """Exact number of batches a rank (default this one) yields in `epoch` (only each stream's last is short)."""
         streams = max(num_workers, 1)
-        rows = [sum(self.rows_in(s) for s in self.stream_shards(epoch, w, streams)) for w in range(streams)]
+        rows = [sum(end - first for _, first, end in self.stream_segments(epoch, w, streams, rank))
+                for w in range(streams)]
         return sum(math.ceil(r / self.batch_size) for r in rows)
 
-    def _rows(self, cache: TeacherCache, shards: list[int], rng: np.random.Generator) -> Iterator[Row]:
-        """Training rows of `shards` in order, each shard's rows permuted."""
-        for index in shards:
+    def steps_per_epoch(self, epoch: int, num_workers: int = 0) -> int:
+        """Batches every rank takes in `epoch`: the fewest any rank has, so that DDP ranks step in lockstep."""
+        return min(self.batches_per_epoch(epoch, num_workers, r) for r in range(self.world_size))
+
+    def _rows(self, cache: TeacherCache, segments: list[Segment], rng: np.random.Generator) -> Iterator[Row]:
+        """Training rows of `segments` in order, each segment's rows permuted."""
+        for index, first, end in segments:
             table = cache.read_shard(index, ["id", "text", self.column, "n_tokens"])
             ids = table.column("id").to_numpy()
             keep = ~np.isin(ids, self.val_ids)
             if self.max_rows is not None:
                 keep &= ids < self.max_rows
-            rows = np.flatnonzero(keep)[rng.permutation(int(keep.sum()))]
+            kept = np.flatnonzero(keep)[first:end]
+            rows = kept[rng.permutation(len(kept))]
             texts = table.column("text").to_pylist()
             vectors = vectors_of(table, self.column)
             n_tokens = table.column("n_tokens").to_numpy()
@@ -178,9 +208,9 @@ class StreamingCacheDataset(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         stream = self.rank * num_workers + worker
         rng = np.random.default_rng([self.seed, self.epoch, stream, 1])
-        shards = self.stream_shards(self.epoch, worker, num_workers)
+        segments = self.stream_segments(self.epoch, worker, num_workers)
         skip = self.skip_batches if info is None else 0  # with workers, the trainer drops batches itself
         cache = open_cache(self.cache_dir)
-        for i, rows in enumerate(self._bucket(self._shuffle(self._rows(cache, shards, rng), rng), rng)):
+        for i, rows in enumerate(self._bucket(self._shuffle(self._rows(cache, segments, rng), rng), rng)):
             if i >= skip:
                 yield self.collate(rows)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from student import distributed
 from student.card import write_run_files
 from student.checkpoint import check_output, clear_output, load_checkpoint, remove_checkpoint, save_checkpoint
 from student.config import StudentConfig
@@ -200,14 +201,17 @@ def deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def train_step(student: Student, batch: Batch, optimizers: list, scaler, cfg: TrainConfig,
+def train_step(model: torch.nn.Module, batch: Batch, optimizers: list, scaler, cfg: TrainConfig,
                amp: torch.dtype | None) -> torch.Tensor:
-    """Forward, loss, backward, clip, optimizer steps on one batch; returns the (detached) loss."""
-    device = student.device
+    """Forward, loss, backward, clip, optimizer steps on one batch; returns the (detached) loss.
+
+    `model` is the Student, or the Student in DistributedDataParallel (which averages the gradients in backward).
+    """
+    device = next(model.parameters()).device
     ids, lengths = batch.input_ids.to(device, non_blocking=True), batch.lengths.to(device, non_blocking=True)
     targets = batch.targets.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        pred = student(ids, lengths)
+        pred = model(ids, lengths)
     loss = loss_fn(pred.float(), targets, cfg.loss, cfg.temperature)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
@@ -216,7 +220,7 @@ def train_step(student: Student, batch: Batch, optimizers: list, scaler, cfg: Tr
         for opt in optimizers:
             scaler.unscale_(opt)
     if cfg.grad_clip > 0:
-        clip_gradients(list(student.parameters()), cfg.grad_clip)
+        clip_gradients(list(model.parameters()), cfg.grad_clip)
     for opt in optimizers:
         scaler.step(opt) if scaler else opt.step()
     if scaler:
@@ -234,7 +238,12 @@ def train(cfg: TrainConfig) -> dict:
     """Train (or resume) a student as `cfg` says; return the metrics. Writes the student folder when done."""
     # ---- check everything before writing anything --------------------------------------------------------------
     cfg.validate()
-    device = resolve_device(cfg.device)
+    ddp = distributed.setup(resolve_device(cfg.device))  # several processes only when launched by torchrun
+    device = ddp.device
+    if not ddp.is_main:
+        cfg = replace(cfg, quiet=True)  # rank 0 alone logs, evaluates and writes
+    if ddp.enabled and device.type == "cuda" and cfg.sparse_embeddings == "yes":
+        raise CacheError("--sparse-embeddings yes: NCCL cannot all-reduce sparse gradients; use auto or no on CUDA")
     amp = autocast_dtype(device, cfg.precision)
     cache = open_cache(cfg.shards)
     cache.check()
@@ -261,6 +270,7 @@ def train(cfg: TrainConfig) -> dict:
         "cache": {k: cache_info[k] for k in ("teacher_hash", "corpus_fingerprint", "rows")}}
     check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)
     state = load_checkpoint(cfg.out, settings) if cfg.resume else None
+    distributed.check_world_size(state, ddp, cfg.out)
 
     # ---- the student, its optimizers, the data ------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -271,21 +281,26 @@ def train(cfg: TrainConfig) -> dict:
         cfg.sparse_embeddings == "auto" and device.type == "cpu")
     student.set_sparse(sparse)
     student.to(device).train()
+    model = distributed.wrap(student, ddp)  # sparse embedding gradients are all-reduced too (gloo)
     optimizers = make_optimizers(student, cfg, sparse)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     val_ids = validation_ids(n_rows, val_rows)
     val_texts, val_targets = read_rows(cache, val_ids, column)
     dataset = StreamingCacheDataset(cfg.shards, column, student.tokenizer, cfg.batch_size, seed=cfg.seed,
                                     val_ids=val_ids, max_rows=n_rows,
-                                    buffer_size=cfg.buffer_size, pool_batches=cfg.pool_batches)
+                                    buffer_size=cfg.buffer_size, pool_batches=cfg.pool_batches,
+                                    rank=ddp.rank, world_size=ddp.world_size)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     train_rows = n_rows - val_rows
-    total_steps = sum(dataset.batches_per_epoch(e, cfg.num_workers) for e in range(cfg.epochs))
+    total_steps = sum(dataset.steps_per_epoch(e, cfg.num_workers) for e in range(cfg.epochs))
     warmup = min(1000, max(1, total_steps // 20)) if cfg.warmup_steps is None else cfg.warmup_steps
-    args |= {"warmup_steps": warmup, "total_steps": total_steps, "sparse_embeddings_used": sparse, "cache": cache_info}
+    args |= {"warmup_steps": warmup, "total_steps": total_steps, "sparse_embeddings_used": sparse, "cache": cache_info,
+             "world_size": ddp.world_size}
+    trace_ids = distributed.id_tracer(ddp)
 
     # ---- from here on we write into --out ------------------------------------------------------------------------
-    if cfg.force:
+    distributed.barrier(ddp)  # every rank has passed the checks
+    if cfg.force and ddp.is_main:
         clear_output(cfg.out)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     epoch, batches_done, step, rows_seen, seconds, history = 0, 0, 0, 0, 0.0, []
@@ -301,12 +316,12 @@ def train(cfg: TrainConfig) -> dict:
         epoch, batches_done, step = state["epoch"], state["batches_done"], state["step"]
         rows_seen, seconds, history = state["rows_seen"], state["seconds"], state["history"]
         log(cfg, f"resuming at epoch {epoch + 1}, step {step:,} ({rows_seen:,} sentences seen)")
-    else:
+    elif ddp.is_main:
         history.append({"step": 0, "epoch": 0, "rows_seen": 0, **evaluate(student, val_texts, val_targets)})
 
     def record_eval() -> None:
-        """Evaluate on the validation rows and append to the history (once per step)."""
-        if history and history[-1]["step"] == step:
+        """Evaluate on the validation rows and append to the history (once per step; rank 0 only)."""
+        if not ddp.is_main or (history and history[-1]["step"] == step):
             return
         metrics = evaluate(student, val_texts, val_targets)
         history.append({"step": step, "epoch": round(epoch + batches_done / max(1, len_epoch), 4),
@@ -315,32 +330,39 @@ def train(cfg: TrainConfig) -> dict:
             log(cfg, f"eval step {step:,}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def checkpoint() -> None:
-        """Save everything needed to continue exactly from here."""
-        save_checkpoint(cfg.out, {
-            "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-            "scaler": scaler.state_dict() if scaler else None, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            "epoch": epoch, "batches_done": batches_done, "step": step, "rows_seen": rows_seen,
-            "seconds": seconds + time.monotonic() - t0, "history": history, "sparse": sparse, "settings": settings})
+        """Save everything needed to continue exactly from here (rank 0 writes; the ranks hold identical weights)."""
+        if ddp.is_main:
+            save_checkpoint(cfg.out, {
+                "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                "scaler": scaler.state_dict() if scaler else None, "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                "epoch": epoch, "batches_done": batches_done, "step": step, "rows_seen": rows_seen,
+                "seconds": seconds + time.monotonic() - t0, "history": history, "sparse": sparse,
+                "settings": settings, "world_size": ddp.world_size})
+        distributed.barrier(ddp)  # no rank exits (and so no launcher kills rank 0) before the file is complete
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     progress = Progress("train", train_rows * cfg.epochs, "sentences", quiet=cfg.quiet, start=rows_seen)
     t0, smooth = time.monotonic(), None
     with deferred_interrupt() as interrupted:
         while epoch < cfg.epochs:
-            len_epoch = dataset.batches_per_epoch(epoch, cfg.num_workers)
+            len_epoch = dataset.steps_per_epoch(epoch, cfg.num_workers)  # the same on every rank
             dataset.set_epoch(epoch, skip_batches=batches_done)
             batches = iter(loader) if cfg.num_workers == 0 else islice(iter(loader), batches_done, None)
-            for batch in batches:
+            for batch in islice(batches, max(0, len_epoch - batches_done)):
                 lr = lr_at(step, total_steps, warmup, cfg)
                 for opt in optimizers:
                     for group in opt.param_groups:
                         group["lr"] = lr
-                loss = float(train_step(student, batch, optimizers, scaler, cfg, amp))
-                step, batches_done, rows_seen = step + 1, batches_done + 1, rows_seen + len(batch)
+                loss = float(train_step(model, batch, optimizers, scaler, cfg, amp))
+                if trace_ids:
+                    trace_ids(batch.ids)
+                rows, tokens, stop = distributed.all_sum(ddp, len(batch), int(batch.lengths.sum()), interrupted["hit"])
+                interrupted["hit"] = stop > 0  # a Ctrl-C on any rank stops all of them at this same step
+                step, batches_done, rows_seen = step + 1, batches_done + 1, rows_seen + int(rows)
                 smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
                 progress.label = f"step {step:,} loss {smooth:.4g} epoch {epoch + 1}/{cfg.epochs}"
-                progress.update(len(batch), tokens=int(batch.lengths.sum()))
+                progress.update(int(rows), tokens=int(tokens))
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     record_eval()
                 if interrupted["hit"] or (cfg.max_steps and step >= cfg.max_steps):
@@ -358,6 +380,8 @@ def train(cfg: TrainConfig) -> dict:
             record_eval()
             checkpoint()
     progress.close()
+    if not ddp.is_main:
+        return {"rank": ddp.rank, "steps": step, "rows_seen": rows_seen}
 
     # ---- the finished student folder --------------------------------------------------------------------------
     seconds += time.monotonic() - t0

@@ -299,15 +299,88 @@ def log(cfg: EncodeConfig, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
-    """Encode the corpus into a complete cache at cfg.out, resuming after the last complete shard."""
+@dataclass
+class EncodeRun:
+    """A prepared encode: checked output folder, loaded teacher, manifest so far, and the shard chunks still to do.
+
+    Both engines use it: the local loop in `encode_corpus`, and the Ray driver in `teacher_cache.ray_encode`,
+    so they write the very same shards (same row chunks, ids, columns) and manifest.
+    """
+
+    cfg: EncodeConfig
+    files: list[Path]
+    out: Path
+    teacher: Teacher
+    poolings: list[str]
+    normalize: bool
+    max_length: int
+    precision: str  # 'auto' until resolved on the first chunk
+    manifest: CacheManifest
+    stats: CorpusStats
+    chunks: Iterator[list[str]] | None  # None when the cache was already complete
+    done_rows: int = 0
+    timing: dict = field(default_factory=lambda: {"encode_s": 0.0, "write_s": 0.0, "rows": 0})
+
+    @property
+    def already_complete(self) -> bool:
+        """True when the cache at `out` was complete before this run: nothing to encode."""
+        return self.chunks is None
+
+    def make_encoder(self, teacher: Teacher | None = None) -> BatchEncoder:
+        """A BatchEncoder with this run's poolings, truncation and budgets (for `teacher`, default this run's)."""
+        cfg = self.cfg
+        return BatchEncoder(teacher or self.teacher, self.poolings, self.max_length, self.normalize,
+                            "fp32" if self.precision == "auto" else self.precision, cfg.max_tokens, cfg.batch_size)
+
+    def set_precision(self, precision: str) -> None:
+        """Record the resolved precision in the manifest (saved) before the first shard is written."""
+        self.precision = self.manifest.precision = precision
+        self.manifest.save(self.out)
+
+    def commit(self, texts: list[str], vectors: dict[str, np.ndarray], n_tokens: np.ndarray,
+               extra: dict[str, np.ndarray] | None = None) -> None:
+        """Write the next shard (ids continue from the last one) atomically and add it to the saved manifest."""
+        start, index = self.done_rows, len(self.manifest.shards)
+        rows = ShardRows(ids=np.arange(start, start + len(texts), dtype=np.int64), texts=texts,
+                         vectors={embedding_column(p, i): vectors[p] for i, p in enumerate(self.poolings)},
+                         n_tokens=np.asarray(n_tokens, dtype=np.int32), extra=extra)
+        started = time.perf_counter()
+        path, checksum = ShardWriter(self.out, self.cfg.format, self.cfg.dtype).write(index, rows)
+        self.timing["write_s"] += time.perf_counter() - started
+        self.timing["rows"] += len(texts)
+        self.manifest.shards.append(ShardInfo(file=path.name, rows=len(texts), id_start=start,
+                                              id_end=start + len(texts) - 1, sha256=checksum,
+                                              n_tokens=int(rows.n_tokens.sum())))
+        self.manifest.save(self.out)
+        self.done_rows += len(texts)
+
+    def finish(self, **run_info) -> CacheManifest:
+        """Mark the manifest complete (with corpus statistics and timings) and report what was skipped."""
+        manifest, stats = self.manifest, self.stats
+        manifest.precision = manifest.precision if manifest.precision != "auto" else "fp32"
+        manifest.skipped_rows = stats.blank_lines + (stats.bad_utf8_count if self.cfg.bad_utf8 == "skip" else 0)
+        manifest.extra["corpus_stats"] = {"blank_lines": stats.blank_lines, "bad_utf8_lines": stats.bad_utf8_count,
+                                          "truncated_lines": stats.truncated_lines}
+        manifest.extra["last_run"] = {**{k: round(v, 3) for k, v in self.timing.items()}, **run_info}
+        manifest.complete = True
+        manifest.save(self.out)
+        report_stats(self.cfg, stats)
+        return manifest
+
+
+def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
+    """Check flags, corpus and output, load the teacher (on `device`, default cfg.device) and prepare the manifest.
+
+    When the output holds a cache made with the same settings, the run resumes after its last complete shard;
+    when that cache is complete, the returned run has nothing to do (`already_complete`).
+    """
     validate(cfg)
     files = resolve_corpus(cfg.corpus, cfg.text_column)
     out = Path(cfg.out)
     existing = None if cfg.force else prepare_output(out)
     if cfg.force:
         make_output_dir(out)
-    teacher = load_teacher(cfg.teacher, cfg.device, cfg.online)
+    teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.online)
     poolings = cfg.pooling or [teacher.st_config.get("pooling", "mean")]
     normalize = cfg.normalize if cfg.normalize is not None else teacher.st_config.get("normalize", False)
     max_length = min(cfg.max_length, teacher.max_position)
@@ -322,6 +395,8 @@ def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
         precision=precision, text_column=cfg.text_column,
         columns={embedding_column(p, i): p for i, p in enumerate(poolings)})
     manifest.extra["max_rows"] = cfg.max_rows
+    run = EncodeRun(cfg=cfg, files=files, out=out, teacher=teacher, poolings=poolings, normalize=bool(normalize),
+                    max_length=max_length, precision=precision, manifest=manifest, stats=CorpusStats(), chunks=None)
     if existing is not None:
         diffs = manifest.differences(existing)
         if existing.extra.get("max_rows") != cfg.max_rows:
@@ -331,64 +406,48 @@ def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
                                      "use --force to start afresh")
         if existing.complete:
             log(cfg, f"{out}: cache already complete ({existing.rows:,} rows); nothing to do")
-            return existing
+            run.manifest = existing
+            return run
         manifest.shards, manifest.created = existing.shards, existing.created
         remove_strays(out, manifest)
     elif cfg.force:
         wipe_cache(out)
-    stats = CorpusStats()
-    rows_iter = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=stats)
+    rows_iter = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=run.stats)
     if cfg.max_rows:
         rows_iter = itertools.islice(rows_iter, cfg.max_rows)
-    done_rows = sum(s.rows for s in manifest.shards)
-    rows_iter = itertools.islice(rows_iter, done_rows, None)
+    run.done_rows = sum(s.rows for s in manifest.shards)
+    rows_iter = itertools.islice(rows_iter, run.done_rows, None)
     first = next(rows_iter, None)
-    if first is None and done_rows == 0:
+    if first is None and run.done_rows == 0:
         raise CorpusError(f"--corpus {', '.join(map(str, files))}: no non-blank line to encode")
-    encoder = BatchEncoder(teacher, poolings, max_length, bool(normalize), "fp32", cfg.max_tokens, cfg.batch_size)
     save_teacher_files(teacher, out)
-    chunks = chunked(itertools.chain([first] if first is not None else [], rows_iter), cfg.shard_size)
+    run.chunks = chunked(itertools.chain([first] if first is not None else [], rows_iter), cfg.shard_size)
     manifest.save(out)  # from here on, a killed run can be resumed
+    if run.done_rows:
+        log(cfg, f"resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows)")
+    return run
+
+
+def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
+    """Encode the corpus into a complete cache at cfg.out, resuming after the last complete shard."""
+    run = start_encode(cfg)
+    if run.already_complete:
+        return run.manifest
+    encoder = run.make_encoder()
     total = [None]
-    threading.Thread(target=lambda: total.__setitem__(0, count_rows(files)), daemon=True).start()
-    progress = Progress("encode", None, quiet=cfg.quiet, start=done_rows)
-    writer = ShardWriter(out, cfg.format, cfg.dtype)
-    timing = {"encode_s": 0.0, "write_s": 0.0, "rows": 0}
-    if done_rows:
-        log(cfg, f"resuming after {len(manifest.shards)} complete shards ({done_rows:,} rows)")
-    for index, (texts, token_ids) in enumerate(prefetch(chunks, encoder.tokenize), start=len(manifest.shards)):
-        if precision == "auto":
-            precision = resolve_precision(encoder, token_ids, cfg)
-            manifest.precision = precision
-            manifest.save(out)
-        encoder.precision = precision
+    threading.Thread(target=lambda: total.__setitem__(0, count_rows(run.files)), daemon=True).start()
+    progress = Progress("encode", None, quiet=cfg.quiet, start=run.done_rows)
+    for texts, token_ids in prefetch(run.chunks, encoder.tokenize):
+        if run.precision == "auto":
+            run.set_precision(resolve_precision(encoder, token_ids, cfg))
+        encoder.precision = run.precision
         progress.total = min(total[0], cfg.max_rows or total[0]) if total[0] else None
         started = time.perf_counter()
         vectors = encoder.encode_tokenized(token_ids, on_batch=lambda n, t: progress.update(n, tokens=t))
-        timing["encode_s"] += time.perf_counter() - started
-        n_tokens = np.fromiter((len(x) for x in token_ids), dtype=np.int32, count=len(token_ids))
-        rows = ShardRows(ids=np.arange(done_rows, done_rows + len(texts), dtype=np.int64), texts=texts,
-                         vectors={embedding_column(p, i): vectors[p] for i, p in enumerate(poolings)},
-                         n_tokens=n_tokens)
-        started = time.perf_counter()
-        path, checksum = writer.write(index, rows)
-        timing["write_s"] += time.perf_counter() - started
-        timing["rows"] += len(texts)
-        manifest.shards.append(ShardInfo(file=path.name, rows=len(texts), id_start=done_rows,
-                                         id_end=done_rows + len(texts) - 1, sha256=checksum,
-                                         n_tokens=int(n_tokens.sum())))
-        manifest.save(out)
-        done_rows += len(texts)
+        run.timing["encode_s"] += time.perf_counter() - started
+        run.commit(texts, vectors, np.fromiter((len(x) for x in token_ids), dtype=np.int32, count=len(token_ids)))
     progress.close()
-    manifest.precision = manifest.precision if manifest.precision != "auto" else "fp32"
-    manifest.skipped_rows = stats.blank_lines + (stats.bad_utf8_count if cfg.bad_utf8 == "skip" else 0)
-    manifest.extra["corpus_stats"] = {"blank_lines": stats.blank_lines, "bad_utf8_lines": stats.bad_utf8_count,
-                                      "truncated_lines": stats.truncated_lines}
-    manifest.extra["last_run"] = {k: round(v, 3) for k, v in timing.items()}
-    manifest.complete = True
-    manifest.save(out)
-    report_stats(cfg, stats)
-    return manifest
+    return run.finish()
 
 
 def resolve_precision(encoder: BatchEncoder, token_ids: list[list[int]], cfg: EncodeConfig) -> str:

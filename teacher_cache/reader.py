@@ -72,6 +72,11 @@ class TeacherCache:
     def vector_column(self, column: str | None) -> str:
         """Resolve a pooling name ('mean', 'cls') or column name to the stored column; None means the first."""
         columns = self.manifest.embedding_columns
+        if column in self.manifest.columns and column not in columns:  # e.g. `logits` of a logits cache
+            return column
+        if not columns:
+            raise CacheError(f"{self.directory}: holds {self.manifest.kind} ({', '.join(self.manifest.columns)}), "
+                             "not sentence vectors")
         if column is None:
             return columns[0]
         if column in columns:

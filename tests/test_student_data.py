@@ -87,12 +87,14 @@ def test_max_rows_limits_the_stream(tiny_cache, tokenizer):
     assert sorted(ids) == sorted(set(range(150)) - set(validation_ids(150, 15).tolist()))
 
 
-def test_streams_get_disjoint_shards(tiny_cache, tokenizer):
-    for world_size in (1, 2):
-        parts = [make(tiny_cache, tokenizer, rank=r, world_size=world_size).stream_shards(0, w, 2)
+def test_streams_get_disjoint_row_ranges(tiny_cache, tokenizer):
+    for world_size in (1, 2, 4):
+        parts = [make(tiny_cache, tokenizer, rank=r, world_size=world_size).stream_segments(0, w, 2)
                  for r in range(world_size) for w in range(2)]
-        flat = [s for p in parts for s in p]
-        assert sorted(flat) == [0, 1, 2]
+        rows = [(shard, i) for p in parts for shard, first, end in p for i in range(first, end)]
+        assert len(rows) == len(set(rows)) == 270  # 3 shards x 90 training rows, each once
+        if world_size == 1:
+            assert sorted(s for p in parts for s, _, _ in p) == [0, 1, 2]  # whole shards
 
 
 def test_dataloader_workers_cover_the_epoch(tiny_cache, tokenizer):

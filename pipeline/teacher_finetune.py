@@ -1,0 +1,142 @@
+"""The task teacher: a transformers model fine-tuned with a sequence-classification head, and its cached logits.
+
+Fine-tuning shares the student's loop (student.finetune.fit), so both report the same metrics.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from student.finetune import FinetuneConfig, check_out, clear_out, fit, prepare
+from student.task_model import read_task_json, write_task_json
+from student.tasks import TaskData, TaskSpec, load_split, resolve_data_dir, resolve_task
+from teacher_cache.errors import CacheError
+from teacher_cache.logits import logits_manifest, model_hash, write_logits_cache
+from teacher_cache.manifest import CacheManifest
+
+
+def load_classifier(name: str, n_out: int | None = None, online: bool = False):
+    """(model, tokenizer) of a transformers folder or hub name, with a fresh head of n_out outputs if given."""
+    from teacher_cache.teacher import _go_offline
+
+    if not online:
+        _go_offline()
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    kwargs = {} if n_out is None else {"num_labels": n_out, "ignore_mismatched_sizes": True,
+                                       "problem_type": "regression" if n_out == 1 else "single_label_classification"}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True)
+        model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        hint = "" if online else " (offline: pass a local folder, or --online to allow a download)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CacheError(f"--model {name}: cannot load as a transformers model{hint}: {first[:200]}") from None
+    return model, tokenizer
+
+
+class TeacherRunner:
+    """Tokenises (pairs as the model's pair input), runs the classifier, returns logits in input order."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_length: int, device: str = "cpu"):
+        """Wrap a sequence-classification model and its tokenizer."""
+        self.model, self.tokenizer, self.max_length = model.to(device), tokenizer, max_length
+        self.device = torch.device(device)
+
+    def inputs(self, texts: list[str], pairs: list[str] | None) -> dict[str, torch.Tensor]:
+        """Padded, truncated model inputs of a batch."""
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=True,
+                             return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def forward(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+        """(batch, n_out) logits, with gradients when the model is training."""
+        return self.model(**self.inputs(texts, pairs)).logits
+
+    def predict(self, data: TaskData, batch_size: int = 64, start: int = 0, stop: int | None = None,
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and word-piece counts of rows start..stop, in input order (length-sorted batches)."""
+        stop = len(data) if stop is None else stop
+        rows = np.arange(start, stop)
+        lengths = np.array([len(data.texts[i]) + (len(data.pairs[i]) if data.pairs else 0) for i in rows])
+        rows = rows[np.argsort(-lengths, kind="stable")]
+        out = np.zeros((stop - start, self.model.config.num_labels), dtype=np.float32)
+        n_tokens = np.zeros(stop - start, dtype=np.int32)
+        was = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for b in range(0, len(rows), batch_size):
+                idx = rows[b:b + batch_size]
+                enc = self.inputs([data.texts[i] for i in idx], [data.pairs[i] for i in idx] if data.pairs else None)
+                out[idx - start] = self.model(**enc).logits.float().cpu().numpy()
+                n_tokens[idx - start] = enc["attention_mask"].sum(1).cpu().numpy()
+        self.model.train(was)
+        return out, n_tokens
+
+
+def finetune_teacher(cfg: FinetuneConfig) -> dict:
+    """Fine-tune a transformers model on cfg.task; write it (transformers folder + task.json + metrics.json)."""
+    cfg.validate()
+    cfg.lr = cfg.lr or 5e-5
+    prep = prepare(cfg)
+    check_out(cfg.out, cfg.model, cfg.force)
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
+    model, tokenizer = load_classifier(cfg.model, prep.spec.n_outputs, cfg.online)
+    clear_out(cfg.out)
+    if cfg.freeze_encoder:
+        model.base_model.requires_grad_(False)
+    runner = TeacherRunner(model, tokenizer, cfg.max_length, cfg.device)
+    train = prep.train
+
+    def forward(idx: np.ndarray) -> torch.Tensor:
+        """Logits of training rows."""
+        return runner.forward([train.texts[i] for i in idx], [train.pairs[i] for i in idx] if train.pairs else None)
+
+    info = {"kind": "teacher", "model": str(cfg.model), "parameters": int(model.num_parameters()),
+            "freeze_encoder": cfg.freeze_encoder}
+    metrics = fit(cfg, prep, model, forward, lambda data: runner.predict(data, cfg.batch_size * 2)[0], info)
+    model.save_pretrained(cfg.out)
+    tokenizer.save_pretrained(cfg.out)
+    args = {k: v for k, v in asdict(cfg).items() if k not in ("force", "quiet", "online")}
+    write_task_json(cfg.out, "teacher", prep.spec, max_length=cfg.max_length, args=args)
+    return metrics
+
+
+def load_finetuned_teacher(folder: str | Path, device: str = "cpu") -> tuple[TeacherRunner, TaskSpec]:
+    """A folder written by finetune_teacher -> (runner in eval mode, its task)."""
+    meta = read_task_json(folder)
+    if meta.get("kind") != "teacher":
+        raise CacheError(f"--model {folder}: holds a fine-tuned {meta.get('kind')}, not a transformers teacher")
+    model, tokenizer = load_classifier(str(folder))
+    return TeacherRunner(model.eval(), tokenizer, int(meta.get("max_length", 128)), device), \
+        TaskSpec.from_dict(meta["task"])
+
+
+def cache_logits(model: str | Path, out: str | Path, task: str | None = None, data_dir: str | None = None,
+                 max_rows: int | None = None, batch_size: int = 64, shard_size: int = 50_000, device: str = "cpu",
+                 force: bool = False, quiet: bool = False) -> CacheManifest:
+    """Cache a fine-tuned teacher's logits over its task's training rows (ids = row positions in the file)."""
+    runner, spec = load_finetuned_teacher(model, device)
+    if task is not None and spec.glue and resolve_task(task).name != spec.name:
+        raise CacheError(f"--task {task}: the teacher in {model} was fine-tuned on {spec.name}")
+    if shard_size < 1 or batch_size < 1 or (max_rows is not None and max_rows < 1):
+        raise CacheError("--shard-size, --batch-size and --max-rows must be positive")
+    train = load_split(spec, "train", resolve_data_dir(spec, data_dir), max_rows)
+    rows = train.rows()
+    manifest = logits_manifest(str(Path(model).resolve()), model_hash(runner.model), spec.n_outputs,
+                               runner.max_length, rows, str(train.path), spec.name,
+                               list(spec.labels) if spec.labels else None, shard_size)
+    manifest.extra["max_rows"] = max_rows
+
+    def compute(start: int, chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and word-piece counts of one shard's rows."""
+        return runner.predict(train, batch_size, start, start + len(chunk))
+
+    return write_logits_cache(out, rows, compute, manifest, force=force, quiet=quiet)

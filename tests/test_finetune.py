@@ -1,0 +1,219 @@
+"""`tc finetune` / `tc cache-logits` / `tc predict`: round trips, task KD on tiny models, one-line bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from student import Student, StudentConfig
+from student.finetune import task_loss
+from student.task_model import load_task_model
+from student.tasks import DEFAULT_DATA_DIR, TASKS, load_split
+from student.tokenizer import read_tokenizer_files
+from teacher_cache import open_cache
+from tests.helpers import error_lines, run_cli
+
+pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
+SMALL = ["--max-train-rows", "120", "--max-eval-rows", "60", "--epochs", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models need one thread; two spin badly on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, teacher_dir) -> Path:
+    """A random 16-wide BiLSTM student (32-d output) with the real word-piece tokenizer."""
+    folder = tmp_path_factory.mktemp("student")
+    torch.manual_seed(0)
+    cfg = StudentConfig(arch="bilstm", vocab_size=30522, emb_dim=16, hidden=16, out_dim=32, max_length=64)
+    Student(cfg, read_tokenizer_files(teacher_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ft_teacher(tmp_path_factory, teacher_dir) -> Path:
+    """The tiny random BERT fine-tuned on 120 SST-2 rows."""
+    out = tmp_path_factory.mktemp("ft_teacher") / "t"
+    code = _cli("finetune", "--model", teacher_dir, "--task", "sst2", "--out", out, "--lr", "1e-3", *SMALL)
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def sst2_logits(tmp_path_factory, ft_teacher) -> Path:
+    """Its logits over the first 150 SST-2 training rows."""
+    out = tmp_path_factory.mktemp("logits") / "lc"
+    assert _cli("cache-logits", "--model", ft_teacher, "--out", out, "--max-rows", "150", "--quiet") == 0
+    return out
+
+
+def _cli(*args) -> int:
+    from pipeline.cli import main
+
+    return main([str(a) for a in args])
+
+
+def one_line_error(capsys, *args, needle: str) -> None:
+    code, out, err = run_cli(capsys, *args)
+    assert code != 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and error_lines(err) == lines, err
+    assert needle in lines[0], lines[0]
+
+
+def test_help_has_examples(capsys):
+    for command in ("finetune", "cache-logits", "predict"):
+        assert run_cli(capsys, command, "--help")[0] == 0
+    assert run_cli(capsys, "predict", "--help")[1].count("Example: tc predict") == 1
+
+
+def test_student_finetune_predict_round_trip(student_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, stdout, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out,
+                                *SMALL[:-3], "--epochs", "2", "--quiet")
+    assert code == 0, err
+    assert "dev accuracy" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["kd"] is None
+    assert Student.from_pretrained(out).dim == 32  # still a student folder
+    model, spec = load_task_model(out)
+    assert spec.name == "sst2"
+    dev = tmp_path / "dev60.tsv"  # the 60 dev rows the run scored: predict must agree with metrics.json
+    dev.write_text("".join((DEFAULT_DATA_DIR / "SST-2" / "dev.tsv").read_text().splitlines(True)[:61]))
+    code, _, err = run_cli(capsys, "predict", "--model", out, "--input", dev, "--out", tmp_path / "p.tsv")
+    assert code == 0, err
+    assert f"accuracy {metrics['final']['dev']['accuracy']:.4f}" in err
+    lines = (tmp_path / "p.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 61
+    assert {ln.split("\t")[1] for ln in lines[1:]} <= {"0", "1"}
+    code, stdout, _ = run_cli(capsys, "predict", "--model", out, "--input", DEFAULT_DATA_DIR / "SST-2" / "test.tsv")
+    assert code == 0 and len(stdout.splitlines()) == 1822
+
+
+def test_pair_task_with_frozen_encoder(student_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "mrpc", "--out", out,
+                           "--freeze-encoder", *SMALL)
+    assert code == 0, err
+    before, after = load_file(str(student_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["final"]) == {"dev", "test"} and set(metrics["final"]["dev"]) == {"f1", "accuracy"}
+    model, _ = load_task_model(out)
+    assert model.head.settings["pair"] and model.head.net[-1].in_features == 256
+
+
+def test_kd_loss_mixes_cross_entropy_and_logit_mse():
+    torch.manual_seed(0)
+    out, teacher, gold = torch.randn(8, 2), torch.randn(8, 2), torch.randint(0, 2, (8,))
+    ce, mse = F.cross_entropy(out, gold), F.mse_loss(out, teacher)
+    assert torch.allclose(task_loss(out, gold, None, 0.5, False), ce)
+    assert torch.allclose(task_loss(out, gold, teacher, 0.0, False), ce)
+    assert torch.allclose(task_loss(out, gold, teacher, 1.0, False), mse)
+    assert torch.allclose(task_loss(out, gold, teacher, 0.3, False), 0.7 * ce + 0.3 * mse)
+    score, target = torch.randn(8, 1), torch.rand(8) * 5
+    assert torch.allclose(task_loss(score, target, teacher[:, :1], 0.5, True),
+                          0.5 * F.mse_loss(score[:, 0], target) + 0.5 * F.mse_loss(score, teacher[:, :1]))
+
+
+def test_logits_cache_layout_and_resume(sst2_logits, ft_teacher, capsys):
+    cache = open_cache(sst2_logits)
+    assert cache.manifest.kind == "logits" and cache.manifest.extra["task"] == "sst2" and len(cache) == 150
+    train = load_split(TASKS["sst2"], "train", DEFAULT_DATA_DIR, 150)
+    assert cache.texts() == train.texts and cache.vectors("logits").shape == (150, 2)
+    assert run_cli(capsys, "verify", sst2_logits)[0] == 0
+    code, _, err = run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", sst2_logits, "--max-rows", "150")
+    assert code == 0 and "already complete" in err
+    one_line_error(capsys, "cache-logits", "--model", ft_teacher, "--out", sst2_logits, "--max-rows", "140",
+                   needle="other settings")
+    one_line_error(capsys, "cache-logits", "--model", ft_teacher, "--task", "cola", "--out", "x",
+                   needle="fine-tuned on sst2")
+    code, stdout, _ = run_cli(capsys, "predict", "--model", ft_teacher, "--input",
+                              DEFAULT_DATA_DIR / "SST-2" / "dev.tsv")
+    assert code == 0 and len(stdout.splitlines()) == 873
+
+
+def test_kd_run_changes_the_student(student_dir, sst2_logits, tmp_path, capsys):
+    runs = {}
+    for name, extra in (("plain", []), ("kd", ["--kd-cache", sst2_logits, "--kd-alpha", "0.9"])):
+        code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", tmp_path / name,
+                               *SMALL, *extra)
+        assert code == 0, err
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["kd"]["kd"]["alpha"] == 0.9
+    assert runs["kd"]["history"][0]["train_loss"] != runs["plain"]["history"][0]["train_loss"]
+    dev = load_split(TASKS["sst2"], "dev", DEFAULT_DATA_DIR, 60)
+    plain, kd = (load_task_model(tmp_path / n)[0].predict(dev) for n in ("plain", "kd"))
+    assert not np.allclose(plain, kd, atol=1e-4)
+
+
+def glue_copy(root: Path, folder: str, rows: int, edit=None) -> Path:
+    """A GLUE folder holding the first `rows` train/dev rows of one task, the train lines passed through `edit`."""
+    (root / folder).mkdir(parents=True)
+    for split in ("train", "dev"):
+        lines = (DEFAULT_DATA_DIR / folder / f"{split}.tsv").read_text().splitlines(True)[:rows + 1]
+        (root / folder / f"{split}.tsv").write_text("".join(edit(lines) if edit and split == "train" else lines))
+    return root
+
+
+def test_bad_input_is_one_line(student_dir, sst2_logits, tiny_cache, tmp_path, capsys):
+    base = ["finetune", "--model", student_dir, "--out", tmp_path / "o", "--quiet"]
+    one_line_error(capsys, *base, "--task", "mnli", needle="--task mnli: unknown task")
+    (tmp_path / "empty_dir").mkdir()
+    one_line_error(capsys, *base, "--task", "sst2", "--data-dir", tmp_path / "empty_dir", needle="no SST-2/train.tsv")
+    bad = glue_copy(tmp_path / "bad", "SST-2", 20, lambda ls: ls[:3] + ["a fine film\t2\n"] + ls[3:])
+    one_line_error(capsys, *base, "--task", "sst2", "--data-dir", bad,
+                   needle="train.tsv:4: label '2' is not one of the task's labels (0, 1)")
+    blank = glue_copy(tmp_path / "blank", "SST-2", 20, lambda ls: ls[:1])
+    one_line_error(capsys, *base, "--task", "sst2", "--data-dir", blank, needle="no rows (empty file)")
+    (tmp_path / "zero.tsv").write_text("")
+    one_line_error(capsys, *base, "--task", tmp_path / "zero.tsv", "--text-columns", "text", needle="empty file")
+    for not_student, needle in ((tmp_path / "empty_dir", "not a student folder"),
+                                (tiny_cache, "a teacher cache, not a model"), (tmp_path / "nope/", "no such folder")):
+        one_line_error(capsys, "finetune", "--model", not_student, "--task", "sst2", "--out", tmp_path / "o",
+                       needle=needle)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text(json.dumps({"arch": "bilstm"}))
+    one_line_error(capsys, "finetune", "--model", tmp_path / "half", "--task", "sst2", "--out", tmp_path / "o",
+                   needle="no model.safetensors")
+    kd = [*base, "--kd-cache"]
+    one_line_error(capsys, *kd, sst2_logits, "--task", "cola", needle="holds logits for task sst2, not cola")
+    one_line_error(capsys, *kd, sst2_logits, "--task", "sst2", "--max-train-rows", "200", needle="holds 150 rows")
+    one_line_error(capsys, *kd, tiny_cache, "--task", "sst2", "--max-train-rows", "20", needle="not teacher logits")
+    edited = glue_copy(tmp_path / "edited", "SST-2", 100, lambda ls: ls[:6] + ["an edited row\t1\n"] + ls[7:])
+    one_line_error(capsys, *kd, sst2_logits, "--task", "sst2", "--data-dir", edited, needle="row 5 is")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    one_line_error(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", tmp_path / "full",
+                   needle="not empty")
+    one_line_error(capsys, "predict", "--model", student_dir, "--input", "x.tsv", needle="not a fine-tuned model")
+    assert not (tmp_path / "o").exists()
+
+
+def test_own_regression_task_with_held_out_dev(student_dir, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = [{"q": f"question {i}", "a": f"answer {i % 7}", "score": round(float(rng.uniform(0, 1)), 3)}
+            for i in range(60)]
+    train = tmp_path / "own.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ft"
+    code, stdout, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", train, "--text-columns", "q,a",
+                                "--label-column", "score", "--regression", "--out", out, "--epochs", "1", "--quiet")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "custom:own" and metrics["train_rows"] == 54 and metrics["eval_rows"] == {"dev": 6}
+    assert set(metrics["final"]["dev"]) == {"pearson", "spearman"}
+    code, stdout, err = run_cli(capsys, "predict", "--model", out, "--input", train)
+    assert code == 0 and len(stdout.splitlines()) == 61 and "pearson" in err
