@@ -23,15 +23,6 @@ pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../sha
 SMALL = ["--max-train-rows", "120", "--max-eval-rows", "60", "--epochs", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models need one thread; two spin badly on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory, teacher_dir) -> Path:
     """A random 16-wide BiLSTM student (32-d output) with the real word-piece tokenizer."""
