@@ -71,6 +71,10 @@ def encode(
                                               "--gpus-per-worker, else one per CPU of the cluster).")] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per actor, 0 (CPU workers) or "
                                                         "1 (each worker encodes on its own GPU).")] = 0.0,
+    logits: Annotated[bool, typer.Option(help="Cache a task teacher's logits instead of sentence vectors: "
+                                              "--teacher is a folder from `tc finetune`, --corpus (optional) a "
+                                              "file in its task's layout; default its task's training rows. "
+                                              "The same as `tc cache-logits`.")] = False,
 ) -> None:
     """Run the teacher over a corpus once and write its sentence vectors as a sharded cache.
 
@@ -79,9 +83,17 @@ def encode(
     With --engine ray the shards are encoded by Ray actors and written by this process, in order: the same
     shards, ids and manifest as the local engine.
 
+    With --logits it caches a fine-tuned task teacher's logits (for `tc finetune --kd-cache`).
+
     Example: tc encode --corpus wiki.txt.gz --out out/ --pooling mean,cls --shard-size 50000
+
+    Example: tc encode --teacher ft_teacher/ --logits --out logits_cache/
     """
     from teacher_cache.encode import EncodeConfig, encode_corpus
+
+    if logits:
+        encode_logits(teacher, corpus, out, max_rows, batch_size, shard_size, device, force, quiet)
+        return
 
     cfg = EncodeConfig(out=out, teacher=teacher, pooling=split_list(pooling), max_length=max_length,
                        batch_size=batch_size, max_tokens=max_tokens, shard_size=shard_size, format=format,
@@ -105,6 +117,21 @@ def encode(
     if not quiet:
         typer.echo(f"{out}: {manifest.rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
                    f"in {len(manifest.shards)} shard(s), precision {manifest.precision}", err=True)
+
+
+def encode_logits(teacher: str | None, corpus: list[str] | None, out: Path, max_rows: int | None,
+                  batch_size: int | None, shard_size: int, device: str, force: bool, quiet: bool) -> None:
+    """`tc encode --logits`: the task teacher's logits over its training rows (or one file of the task's layout)."""
+    from pipeline.teacher_finetune import cache_logits
+
+    if not teacher:
+        raise CacheError("--logits: pass --teacher, a task teacher folder written by tc finetune")
+    if corpus and len(corpus) > 1:
+        raise CacheError(f"--corpus: --logits reads one file in the task's layout, got {len(corpus)}")
+    manifest = cache_logits(teacher, out, None, None, max_rows, batch_size or 64, shard_size, device, force, quiet,
+                            rows_file=corpus[0] if corpus else None)
+    if not quiet:
+        typer.echo(f"{out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})", err=True)
 
 
 @app.command()

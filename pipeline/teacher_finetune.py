@@ -13,7 +13,7 @@ import torch
 
 from student.finetune import FinetuneConfig, check_out, clear_out, fit, prepare
 from student.task_model import read_task_json, write_task_json
-from student.tasks import TaskData, TaskSpec, load_split, resolve_data_dir, resolve_task
+from student.tasks import TaskData, TaskSpec, load_inputs, load_split, resolve_data_dir, resolve_task
 from teacher_cache.errors import CacheError
 from teacher_cache.logits import logits_manifest, model_hash, write_logits_cache
 from teacher_cache.manifest import CacheManifest
@@ -121,14 +121,22 @@ def load_finetuned_teacher(folder: str | Path, device: str = "cpu") -> tuple[Tea
 
 def cache_logits(model: str | Path, out: str | Path, task: str | None = None, data_dir: str | None = None,
                  max_rows: int | None = None, batch_size: int = 64, shard_size: int = 50_000, device: str = "cpu",
-                 force: bool = False, quiet: bool = False) -> CacheManifest:
-    """Cache a fine-tuned teacher's logits over its task's training rows (ids = row positions in the file)."""
+                 force: bool = False, quiet: bool = False, rows_file: str | Path | None = None) -> CacheManifest:
+    """Cache a fine-tuned teacher's logits over its task's training rows (ids = row positions in the file).
+
+    `rows_file` replaces the task's training file by another file in its layout (see `load_inputs`).
+    """
     runner, spec = load_finetuned_teacher(model, device)
     if task is not None and spec.glue and resolve_task(task).name != spec.name:
         raise CacheError(f"--task {task}: the teacher in {model} was fine-tuned on {spec.name}")
     if shard_size < 1 or batch_size < 1 or (max_rows is not None and max_rows < 1):
         raise CacheError("--shard-size, --batch-size and --max-rows must be positive")
-    train = load_split(spec, "train", resolve_data_dir(spec, data_dir), max_rows)
+    if rows_file is None:
+        train = load_split(spec, "train", resolve_data_dir(spec, data_dir), max_rows)
+    else:
+        train = load_inputs(spec, rows_file)
+        if max_rows is not None:
+            train = train.take(range(min(max_rows, len(train))))
     rows = train.rows()
     manifest = logits_manifest(str(Path(model).resolve()), model_hash(runner.model), spec.n_outputs,
                                runner.max_length, rows, str(train.path), spec.name,

@@ -99,16 +99,10 @@ class Prepared:
 
 def holdout(data: TaskData, every: int = 10) -> tuple[TaskData, TaskData]:
     """Split off every `every`-th row as a dev set (for a task of one's own given without --dev-file)."""
-    def take(rows: np.ndarray) -> TaskData:
-        """The chosen rows as a TaskData."""
-        return TaskData(data.path, [data.texts[i] for i in rows],
-                        [data.pairs[i] for i in rows] if data.pairs else None,
-                        None if data.labels is None else data.labels[rows], [data.lines[i] for i in rows])
-
     index = np.arange(len(data))
     if len(data) < 2:
         raise CacheError(f"{data.path}: {len(data)} row(s); too few to hold out a dev set (pass --dev-file)")
-    return take(index[index % every != 0]), take(index[index % every == 0])
+    return data.take(index[index % every != 0]), data.take(index[index % every == 0])
 
 
 def prepare(cfg: FinetuneConfig) -> Prepared:

@@ -231,6 +231,13 @@ class TaskData:
         """One string per example as a cache stores it: the text, or both texts joined by a tab."""
         return self.texts if self.pairs is None else [f"{a}\t{b}" for a, b in zip(self.texts, self.pairs, strict=True)]
 
+    def take(self, rows: np.ndarray | range) -> TaskData:
+        """The chosen examples, in the given order, as a TaskData of the same file."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return TaskData(self.path, [self.texts[i] for i in rows], [self.pairs[i] for i in rows] if self.pairs else None,
+                        None if self.labels is None else self.labels[rows],
+                        [self.lines[i] for i in rows] if self.lines else [])
+
 
 def parse_label(spec: TaskSpec, value: str, where: str) -> float | int:
     """The label index (classification) or score (regression) of a label field, or a one-line error."""

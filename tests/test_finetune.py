@@ -136,6 +136,23 @@ def test_logits_cache_layout_and_resume(sst2_logits, ft_teacher, capsys):
     assert code == 0 and len(stdout.splitlines()) == 873
 
 
+def test_encode_logits_is_cache_logits(sst2_logits, ft_teacher, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "encode", "--teacher", ft_teacher, "--logits", "--out", tmp_path / "a",
+                           "--max-rows", "150", "--quiet")
+    assert code == 0, err
+    ours, theirs = open_cache(tmp_path / "a"), open_cache(sst2_logits)
+    assert ours.texts() == theirs.texts()
+    assert np.array_equal(ours.vectors("logits"), theirs.vectors("logits"))
+    # --corpus: a file in the task's layout (here the first 20 dev rows) instead of its training rows
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("".join((DEFAULT_DATA_DIR / "SST-2" / "dev.tsv").read_text().splitlines(True)[:21]))
+    code, _, err = run_cli(capsys, "encode", "--teacher", ft_teacher, "--logits", "--corpus", dev,
+                           "--out", tmp_path / "b", "--quiet")
+    assert code == 0, err
+    assert open_cache(tmp_path / "b").texts() == load_split(TASKS["sst2"], "dev", DEFAULT_DATA_DIR, 20).texts
+    one_line_error(capsys, "encode", "--logits", "--out", tmp_path / "c", needle="--logits: pass --teacher")
+
+
 def test_kd_run_changes_the_student(student_dir, sst2_logits, tmp_path, capsys):
     runs = {}
     for name, extra in (("plain", []), ("kd", ["--kd-cache", sst2_logits, "--kd-alpha", "0.9"])):
