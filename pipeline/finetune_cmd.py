@@ -112,19 +112,30 @@ def cache_logits(
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 64,
     shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 50_000,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    augment: Annotated[int, typer.Option(help="Also cache N synthetic variants of every training example (Tang et "
+                                              "al. 2019: words masked with p 0.1, n-gram sampling with p 0.25); "
+                                              "tc finetune --kd-cache learns them from the logits alone.")] = 0,
+    augment_seed: Annotated[int, typer.Option(help="Seed of the synthetic variants.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite a cache made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress on stderr.")] = False,
 ) -> None:
     """Run a fine-tuned teacher over its task's training rows once and cache the logits, for task KD.
 
-    Written like `tc encode` (Arrow shards, manifest, resumes when rerun); ids are the training rows' positions.
+    Written like `tc encode` (Arrow shards, manifest, resumes when rerun); ids are the training rows' positions,
+    then (with --augment N) the N variants of each row in turn.
 
-    Example: tc cache-logits --model ft_teacher/ --task sst2 --out logits_cache/
+    Example: tc cache-logits --model ft_teacher/ --task sst2 --out logits_cache/ --augment 4
     """
     from pipeline.teacher_finetune import cache_logits as run
+    from student.augment import AugmentConfig
 
+    if augment < 0:
+        raise CacheError(f"--augment {augment}: must be 0 or more")
     manifest = run(model, out, task, str(data_dir) if data_dir else None, max_rows, batch_size, shard_size, device,
-                   force, quiet)
+                   force, quiet, augment=AugmentConfig(copies=augment, seed=augment_seed))
+    if manifest.extra.get("augment"):
+        typer.echo(f"{out}: {manifest.extra['train_rows']:,} training rows + {augment} synthetic variants each",
+                   err=True)
     typer.echo(f"{out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from student.augment import AugmentConfig, augment_examples
 from student.finetune import FinetuneConfig, check_out, clear_out, fit, prepare
 from student.task_model import read_task_json, write_task_json
 from student.tasks import TaskData, TaskSpec, load_inputs, load_split, resolve_data_dir, resolve_task
@@ -121,10 +122,12 @@ def load_finetuned_teacher(folder: str | Path, device: str = "cpu") -> tuple[Tea
 
 def cache_logits(model: str | Path, out: str | Path, task: str | None = None, data_dir: str | None = None,
                  max_rows: int | None = None, batch_size: int = 64, shard_size: int = 50_000, device: str = "cpu",
-                 force: bool = False, quiet: bool = False, rows_file: str | Path | None = None) -> CacheManifest:
+                 force: bool = False, quiet: bool = False, rows_file: str | Path | None = None,
+                 augment: AugmentConfig | None = None) -> CacheManifest:
     """Cache a fine-tuned teacher's logits over its task's training rows (ids = row positions in the file).
 
-    `rows_file` replaces the task's training file by another file in its layout (see `load_inputs`).
+    `rows_file` replaces the task's training file by another file in its layout (see `load_inputs`). With
+    `augment`, synthetic variants of the rows follow them (example i's copies at ids n + i*copies ...), for KD.
     """
     runner, spec = load_finetuned_teacher(model, device)
     if task is not None and spec.glue and resolve_task(task).name != spec.name:
@@ -137,11 +140,16 @@ def cache_logits(model: str | Path, out: str | Path, task: str | None = None, da
         train = load_inputs(spec, rows_file)
         if max_rows is not None:
             train = train.take(range(min(max_rows, len(train))))
+    n_train = len(train)
+    if augment is not None and augment.copies > 0:
+        texts, pairs = augment_examples(train.texts, train.pairs, augment)
+        train = TaskData(train.path, train.texts + texts, None if pairs is None else train.pairs + pairs)
     rows = train.rows()
     manifest = logits_manifest(str(Path(model).resolve()), model_hash(runner.model), spec.n_outputs,
                                runner.max_length, rows, str(train.path), spec.name,
                                list(spec.labels) if spec.labels else None, shard_size)
-    manifest.extra["max_rows"] = max_rows
+    manifest.extra.update({"max_rows": max_rows, "train_rows": n_train,
+                           "augment": asdict(augment) if augment is not None and augment.copies > 0 else None})
 
     def compute(start: int, chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Logits and word-piece counts of one shard's rows."""

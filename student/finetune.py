@@ -95,6 +95,7 @@ class Prepared:
     train: TaskData
     evals: dict[str, TaskData]
     kd_targets: np.ndarray | None = None
+    transfer_rows: int = 0  # unlabelled augmented examples at the end of `train` (KD loss only)
 
 
 def holdout(data: TaskData, every: int = 10) -> tuple[TaskData, TaskData]:
@@ -116,12 +117,19 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
         train, evals["dev"] = holdout(train)
     prep = Prepared(spec, data_dir, train, evals)
     if cfg.kd_cache:
-        prep.kd_targets = load_kd_targets(cfg.kd_cache, spec, train)
+        prep.kd_targets, transfer = load_kd_targets(cfg.kd_cache, spec, train)
+        if transfer is not None:  # augmented examples: learnt from the teacher's logits alone
+            prep.transfer_rows = len(transfer)
+            prep.train = TaskData(train.path, train.texts + transfer.texts,
+                                  None if train.pairs is None else train.pairs + transfer.pairs,
+                                  np.concatenate([train.labels.astype(transfer.labels.dtype), transfer.labels]),
+                                  train.lines + [0] * len(transfer))
     return prep
 
 
-def load_kd_targets(path: str | Path, spec: TaskSpec, train: TaskData) -> np.ndarray:
-    """The cached teacher logits of the training rows, refused unless the cache holds exactly these rows."""
+def load_kd_targets(path: str | Path, spec: TaskSpec, train: TaskData) -> tuple[np.ndarray, TaskData | None]:
+    """The cached teacher logits of the training rows (refused unless the cache holds exactly these rows), plus
+    the cache's augmented rows of those examples as unlabelled transfer data (None when it has none)."""
     cache = open_cache(path)
     m = cache.manifest
     if m.kind != "logits":
@@ -130,16 +138,26 @@ def load_kd_targets(path: str | Path, spec: TaskSpec, train: TaskData) -> np.nda
         raise CacheError(f"--kd-cache {path}: holds logits for task {m.extra.get('task')}, not {spec.name}")
     if m.dim != spec.n_outputs:
         raise CacheError(f"--kd-cache {path}: {m.dim} logits per row, task {spec.name} needs {spec.n_outputs}")
-    ours = train.rows()
-    if len(cache) < len(ours):
-        raise CacheError(f"--kd-cache {path}: holds {len(cache):,} rows, the task's training file has "
+    ours, cached_train = train.rows(), int(m.extra.get("train_rows") or len(cache))
+    if cached_train < len(ours):
+        raise CacheError(f"--kd-cache {path}: holds {cached_train:,} rows, the task's training file has "
                          f"{len(ours):,} (rerun tc cache-logits without --max-rows)")
     cached = cache.texts(np.arange(len(ours)))
     for i, (a, b) in enumerate(zip(cached, ours, strict=True)):
         if a != b:
             raise CacheError(f"--kd-cache {path}: row {i} is {a[:50]!r}, the task's training file has {b[:50]!r}; "
                              "cache the logits of this training file (tc cache-logits)")
-    return cache.vectors("logits", np.arange(len(ours)))
+    targets = cache.vectors("logits", np.arange(len(ours)))
+    copies = int((m.extra.get("augment") or {}).get("copies", 0))
+    if not copies:
+        return targets, None
+    ids = cached_train + np.arange(len(ours) * copies)  # example i's variants follow in order, `copies` each
+    rows = cache.texts(ids)
+    texts, pairs = (rows, None) if not spec.pair else [list(side) for side in zip(*(r.split("\t", 1) for r in rows),
+                                                                                   strict=True)]
+    labels = np.full(len(rows), np.nan if spec.regression else -1, dtype=np.float32 if spec.regression else np.int64)
+    transfer = TaskData(train.path, texts, pairs, labels, [])
+    return np.concatenate([targets, cache.vectors("logits", ids)]), transfer
 
 
 def check_out(out: str | Path, model: str | Path, force: bool) -> None:
@@ -168,11 +186,17 @@ def clear_out(out: str | Path) -> None:
 
 def task_loss(outputs: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor | None, alpha: float,
               regression: bool) -> torch.Tensor:
-    """(1 - alpha) * CE (MSE on the score for regression) + alpha * MSE to the teacher's logits."""
-    hard = F.mse_loss(outputs[:, 0], gold.float()) if regression else F.cross_entropy(outputs, gold)
+    """Per example (1 - alpha) * CE (MSE on the score for regression) + alpha * MSE to the teacher's logits,
+    averaged; an unlabelled example (label -1, or NaN score) takes the MSE to the teacher alone."""
     if teacher is None or alpha == 0:
-        return hard
-    return (1 - alpha) * hard + alpha * F.mse_loss(outputs, teacher.to(outputs.dtype))
+        return F.mse_loss(outputs[:, 0], gold.float()) if regression else F.cross_entropy(outputs, gold)
+    labelled = ~torch.isnan(gold) if regression else gold >= 0
+    if regression:
+        hard = (outputs[:, 0] - torch.nan_to_num(gold.float())) ** 2
+    else:
+        hard = F.cross_entropy(outputs, gold.clamp(min=0), reduction="none")
+    soft = ((outputs - teacher.to(outputs.dtype)) ** 2).mean(1)
+    return torch.where(labelled, (1 - alpha) * hard + alpha * soft, soft).mean()
 
 
 def log(cfg: FinetuneConfig, message: str) -> None:
@@ -196,7 +220,8 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
     gold_all = torch.as_tensor(train.labels)
     kd_all = None if prep.kd_targets is None else torch.as_tensor(np.asarray(prep.kd_targets, dtype=np.float32))
     rng = np.random.default_rng(cfg.seed)
-    metrics = {**info, "task": spec.name, "metric": spec.metrics[0], "train_rows": len(train),
+    metrics = {**info, "task": spec.name, "metric": spec.metrics[0], "train_rows": len(train) - prep.transfer_rows,
+               "transfer_rows": prep.transfer_rows,
                "eval_rows": {k: len(v) for k, v in prep.evals.items()},
                "kd": {"cache": cfg.kd_cache, "alpha": cfg.kd_alpha} if cfg.kd_cache else None, "history": []}
     seconds = 0.0

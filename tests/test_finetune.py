@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from student import Student, StudentConfig
+from student.augment import MASK, AugmentConfig, augment_examples
 from student.finetune import task_loss
 from student.task_model import load_task_model
 from student.tasks import DEFAULT_DATA_DIR, TASKS, load_split
@@ -117,6 +118,47 @@ def test_kd_loss_mixes_cross_entropy_and_logit_mse():
     score, target = torch.randn(8, 1), torch.rand(8) * 5
     assert torch.allclose(task_loss(score, target, teacher[:, :1], 0.5, True),
                           0.5 * F.mse_loss(score[:, 0], target) + 0.5 * F.mse_loss(score, teacher[:, :1]))
+
+
+def test_unlabelled_rows_take_the_teacher_loss_alone():
+    torch.manual_seed(0)
+    out, teacher = torch.randn(6, 2), torch.randn(6, 2)
+    gold = torch.tensor([1, 0, 1, -1, -1, -1])
+    per_row = torch.cat([0.6 * F.cross_entropy(out[:3], gold[:3], reduction="none")
+                         + 0.4 * ((out[:3] - teacher[:3]) ** 2).mean(1), ((out[3:] - teacher[3:]) ** 2).mean(1)])
+    assert torch.allclose(task_loss(out, gold, teacher, 0.4, False), per_row.mean())
+    score, target = torch.randn(4, 1), torch.tensor([1.0, 2.0, float("nan"), float("nan")])
+    expected = torch.cat([0.5 * (score[:2, 0] - target[:2]) ** 2 + 0.5 * ((score[:2] - teacher[:2, :1]) ** 2)[:, 0],
+                          ((score[2:] - teacher[2:4, :1]) ** 2)[:, 0]]).mean()
+    assert torch.allclose(task_loss(score, target, teacher[:4, :1], 0.5, True), expected)
+
+
+def test_augmented_variants_are_masked_or_cut_and_reproducible():
+    texts = ["the quick brown fox jumps over the lazy dog"] * 50
+    cfg = AugmentConfig(copies=3, seed=1)
+    a, pairs = augment_examples(texts, None, cfg)
+    assert len(a) == 150 and pairs is None and a == augment_examples(texts, None, cfg)[0]
+    assert any(MASK in t for t in a) and any(len(t.split()) < 9 for t in a)
+    assert all(w in texts[0].split() or w == MASK for t in a for w in t.split())
+    _, pairs = augment_examples(texts[:2], ["a b c", "d e f"], cfg)
+    assert len(pairs) == 6
+
+
+def test_augmented_logits_feed_kd(student_dir, ft_teacher, tmp_path, capsys):
+    cache = tmp_path / "aug"
+    code, _, err = run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", cache, "--max-rows", "60",
+                           "--augment", "2", "--quiet")
+    assert code == 0, err
+    c = open_cache(cache)
+    assert len(c) == 180 and c.manifest.extra["train_rows"] == 60 and c.manifest.extra["augment"]["copies"] == 2
+    train = load_split(TASKS["sst2"], "train", DEFAULT_DATA_DIR, 60)
+    assert c.texts(np.arange(60)) == train.texts
+    code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", tmp_path / "ft",
+                           "--max-train-rows", "40", "--max-eval-rows", "30", "--epochs", "1", "--quiet",
+                           "--kd-cache", cache)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["train_rows"] == 40 and metrics["transfer_rows"] == 80  # only the variants of rows used
 
 
 def test_logits_cache_layout_and_resume(sst2_logits, ft_teacher, capsys):
