@@ -1,7 +1,7 @@
 """GLUE comparison (the paper's table): does SRA pre-training beat task-specific distillation alone?
 
 Usage: .venv/bin/python -m benchmarks.glue --sra-student benchmarks/work/students/bilstm-teacher
-           [--tasks sst2,mrpc,rte,cola,stsb] [--max-train-rows N] [--epochs 3] [--seed 0] [--quick]
+           [--tasks sst2,mrpc,rte,cola,stsb] [--max-train-rows N] [--epochs 3] [--augment N] [--seed 0] [--quick]
 
 Rows per task, all with the same seed, data order and head:
 (1) BiLSTM, random init (the SRA student's config), fine-tuned;  (2) the same + task KD (~ BiLSTM_SOFT);
@@ -25,6 +25,7 @@ import torch
 from benchmarks.common import ROOT, append_results, machine
 from pipeline.teacher_finetune import cache_logits, finetune_teacher, load_finetuned_teacher
 from student import Student, StudentConfig
+from student.augment import AugmentConfig
 from student.finetune import FinetuneConfig, finetune_student
 from student.task_model import load_task_model
 from student.tasks import TASKS, load_split, resolve_data_dir
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--kd-alpha", type=float, default=0.5)
+    p.add_argument("--augment", type=int, default=0, help="Tang et al. variants per training row in the KD rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", default=None, help="default: the bundled all-MiniLM-L6-v2")
     p.add_argument("--data-dir", default=None, help="GLUE folder (default ../shared/data/glue)")
@@ -106,7 +108,7 @@ def run_task(task: str, args: argparse.Namespace, random_dir: Path) -> dict[str,
     teacher_s = time.perf_counter() - started
     log(f"[{task}] caching teacher logits")
     cache_logits(teacher_dir, logits_dir, data_dir=args.data_dir, max_rows=args.max_train_rows, force=True,
-                 quiet=True)
+                 quiet=True, augment=AugmentConfig(copies=args.augment, seed=args.seed))
     results["teacher"] = json.loads((teacher_dir / "metrics.json").read_text()) | {"wall_s": teacher_s}
     for key, model, kd in (("random", random_dir, None), ("random_kd", random_dir, logits_dir),
                            ("sra", args.sra_student, None), ("sra_kd", args.sra_student, logits_dir)):
@@ -153,7 +155,9 @@ def report(all_results: dict[str, dict[str, dict]], args: argparse.Namespace, se
         "", f"Machine: {machine()}; torch threads {torch.get_num_threads()}. SRA student: `{args.sra_student}`; "
         f"teacher: all-MiniLM-L6-v2 + classification head, {args.teacher_epochs} epoch(s), lr {args.teacher_lr}. "
         f"Students: {args.epochs} epoch(s), lr {args.lr}, batch {args.batch_size}, head [u, v, |u-v|, u*v] -> 256 "
-        f"ReLU -> out, KD alpha {args.kd_alpha} (MSE on logits), seed {args.seed}; {rows} training rows per task"
+        f"ReLU -> out, KD alpha {args.kd_alpha} (MSE on logits), "
+        f"{f'{args.augment} Tang et al. variants per row in the KD rows' if args.augment else 'no augmentation'}, "
+        f"seed {args.seed}; {rows} training rows per task"
         f"{'' if args.max_eval_rows is None else f', first {args.max_eval_rows:,} eval rows'}. Scores x100 "
         "(MRPC F1/acc, CoLA Matthews/acc, STS-B Pearson/Spearman, else accuracy); test = labelled MRPC test "
         "(msr_paraphrase_test.txt) and STS Benchmark test; a pair counts as one example. Last epoch reported (no "
