@@ -69,16 +69,29 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def refuse_unsafe_out(out: Path, other: Path, other_flag: str) -> list[str]:
+    """Refuse an --out that is a file or overlaps `other` (the input folder); return what --out holds now."""
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"--out {out}: is a file, not a folder")
+    if other.exists():
+        a, b = out.resolve(), other.resolve()
+        if _inside(a, b) or _inside(b, a):
+            raise CacheError(f"--out {out}: overlaps the {other_flag} folder {other}; choose another folder")
+    return sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+
+
+def not_empty(out: Path, present: list[str]) -> CacheError:
+    """The one-line refusal of an --out that holds other things."""
+    shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+    return CacheError(f"--out {out}: not empty (holds {shown}); choose an empty folder or pass --force")
+
+
 def check_output(out: str | Path, shards: str | Path, resume: bool, force: bool) -> None:
     """Refuse an --out that would lose something: the cache itself, another folder's files, an earlier run."""
     out, shards = Path(out), Path(shards)
     if resume and force:
         raise CacheError("--resume and --force: choose one (--force starts over, --resume continues)")
-    if out.exists() and not out.is_dir():
-        raise CacheError(f"--out {out}: is a file, not a folder")
-    a, b = out.resolve(), shards.resolve()
-    if _inside(a, b) or _inside(b, a):
-        raise CacheError(f"--out {out}: overlaps the cache folder {shards}; choose another folder")
+    present = refuse_unsafe_out(out, shards, "cache")
     if resume:
         if not checkpoint_file(out).exists() and (out / "training_args.json").exists():
             raise CacheError(f"--resume: {out} holds a finished student and no checkpoint; nothing to resume "
@@ -86,20 +99,18 @@ def check_output(out: str | Path, shards: str | Path, resume: bool, force: bool)
         if not checkpoint_file(out).exists():
             raise CacheError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}; start without --resume")
         return
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not present or force:
         return
     if CHECKPOINT_DIR in present or "training_args.json" in present:
         raise CacheError(f"--out {out}: holds an earlier training run; pass --resume to continue it "
                          "or --force to start over")
-    shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-    raise CacheError(f"--out {out}: not empty (holds {shown}); choose an empty folder or pass --force")
+    raise not_empty(out, present)
 
 
-def clear_output(out: str | Path) -> None:
-    """Remove what an earlier run wrote into `out` (its own files and checkpoint only)."""
+def clear_output(out: str | Path, names: tuple[str, ...] = OUTPUT_FILES) -> None:
+    """Remove what an earlier run wrote into `out` (its own files `names` and checkpoint only)."""
     out = Path(out)
-    for name in OUTPUT_FILES:
+    for name in names:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
 

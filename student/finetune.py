@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from student.checkpoint import clear_output, not_empty, refuse_unsafe_out
 from student.student import Student
 from student.task_model import HEAD_NAME, TASK_JSON, StudentClassifier, TaskHead, save_task_model
 from student.tasks import TaskData, TaskSpec, compute_metrics, load_split, resolve_data_dir, resolve_task
@@ -162,26 +162,15 @@ def load_kd_targets(path: str | Path, spec: TaskSpec, train: TaskData) -> tuple[
 
 def check_out(out: str | Path, model: str | Path, force: bool) -> None:
     """Refuse an --out that is (or overlaps) the model folder, is a file, or holds other things without --force."""
-    out, model_path = Path(out), Path(model)
-    if out.exists() and not out.is_dir():
-        raise CacheError(f"--out {out}: is a file, not a folder")
-    if model_path.exists():
-        a, b = out.resolve(), model_path.resolve()
-        if a == b or b in a.parents or a in b.parents:
-            raise CacheError(f"--out {out}: overlaps the --model folder {model}; choose another folder")
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    present = refuse_unsafe_out(Path(out), Path(model), "--model")
     if present and not force:
-        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-        raise CacheError(f"--out {out}: not empty (holds {shown}); choose an empty folder or pass --force")
+        raise not_empty(Path(out), present)
 
 
 def clear_out(out: str | Path) -> None:
     """Create --out, removing what an earlier fine-tuning run wrote there (its own files only)."""
-    out = Path(out)
-    for name in OWN_FILES:
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    clear_output(out, OWN_FILES)
+    Path(out).mkdir(parents=True, exist_ok=True)
 
 
 def task_loss(outputs: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor | None, alpha: float,
