@@ -12,9 +12,9 @@ precision the vectors agree to float rounding (bit for bit when both sides run t
 Why Ray core actors rather than `ray.data.map_batches`: the shard boundaries come from one sequential pass over
 the corpus (blank lines skipped, files concatenated), which a Ray Data source cannot split without reading every
 file up to its offset, and Ray Data has no source that streams from a driver-side generator without first
-materialising the corpus. An actor pool fed by the driver keeps memory bounded (a few shards in flight) and gets
-Ray's fault tolerance: a killed actor is restarted and its queued shards retried (`max_restarts`,
-`max_task_retries`); a killed driver loses at most the shards not yet written, and a rerun resumes.
+materialising the corpus. Ray's ActorPool, fed by the driver as slots free up, keeps memory bounded (a few
+shards in flight) and gets Ray's fault tolerance: a killed actor is restarted and its queued shards retried
+(`max_restarts`, `max_task_retries`); a killed driver loses at most the shards not yet written, and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -213,34 +213,34 @@ def drive(ray, run: EncodeRun, options: RayOptions, device: str) -> CacheManifes
             log(cfg, f"precision: {run.precision} (resolved on worker 0, used by every worker)")
             chunks = _prepend(first, chunks)
     progress = Progress("encode", None, quiet=cfg.quiet, start=run.done_rows)
+    # Ray's ActorPool does the scheduling; each actor appears QUEUED_PER_WORKER times, so it always has its next
+    # shard queued. Chunks are submitted only as slots free up: the corpus is never read ahead further than that.
+    from ray.util import ActorPool
+
+    pool = ActorPool([actor for actor in actors for _ in range(QUEUED_PER_WORKER)])
     texts_of: dict[int, list[str]] = {}  # submitted, not yet written
-    pending: dict = {}  # object ref -> actor number
-    load = [0] * len(actors)
-    done: dict[int, tuple] = {}
-    next_index, exhausted = len(run.manifest.shards), False
-    while True:
-        while not exhausted and len(texts_of) < QUEUED_PER_WORKER * len(actors):
-            item = next(chunks, None)
-            if item is None:
-                exhausted = True
-                break
-            index, texts = item
-            worker = load.index(min(load))
-            pending[actors[worker].encode.remote(index, texts, run.precision)] = worker
-            texts_of[index] = texts
-            load[worker] += 1
-        if not pending:
-            break
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        load[pending.pop(ready[0])] -= 1
-        index, vectors, n_tokens, seconds = ray.get(ready[0])
+    done: dict[int, tuple] = {}  # encoded, waiting for the shards before them
+    next_index = len(run.manifest.shards)
+
+    def absorb(result: tuple[int, dict, np.ndarray, float]) -> None:
+        """Keep one encoded shard, then write every shard that is next in order."""
+        nonlocal next_index
+        index, vectors, n_tokens, seconds = result
         done[index] = (vectors, n_tokens)
         run.timing["encode_s"] += seconds
-        while next_index in done:  # write in shard order; later shards wait in `done`
+        while next_index in done:
             vectors, n_tokens = done.pop(next_index)
             run.commit(texts_of.pop(next_index), vectors, n_tokens)
             progress.update(run.manifest.shards[-1].rows, tokens=run.manifest.shards[-1].n_tokens)
             next_index += 1
+
+    for index, texts in chunks:
+        while not pool.has_free():
+            absorb(pool.get_next_unordered())
+        texts_of[index] = texts
+        pool.submit(lambda actor, item: actor.encode.remote(*item, run.precision), (index, texts))
+    while pool.has_next():
+        absorb(pool.get_next_unordered())
     progress.close()
     return run.finish(engine="ray", workers=len(actors), device=device)
 
