@@ -16,7 +16,8 @@ def probe(
     k: Annotated[int, typer.Option("--k", help="Neighbours compared per query.")] = 10,
     queries: Annotated[int, typer.Option(help="Held-out query rows (default: 1000, or a fifth of the rows "
                                               "probed if fewer).")] = None,
-    index: Annotated[str, typer.Option(help="auto (exact up to 250k rows, then IVF), flat, ivf or hnsw.")] = "auto",
+    index: Annotated[str, typer.Option(help="auto (exact; HNSW from 50,000 queries, where its build pays), flat, "
+                                            "ivf or hnsw.")] = "auto",
     report: Annotated[Path, typer.Option(help="Folder for report.json, report.md and PNG plots.")] = Path("probe"),
     max_rows: Annotated[int, typer.Option(help="Probe a random sample of this many cached rows (0 = all).")] = 20_000,
     column: Annotated[str, typer.Option(help="Cache vector column or pooling (default: the first).")] = None,

@@ -12,7 +12,9 @@ import torch
 from teacher_cache.errors import CacheError
 
 INDEXES = ("auto", "flat", "ivf", "hnsw")
-EXACT_UP_TO = 250_000  # above this many rows, auto switches to an approximate index
+# Exact search costs rows x queries, building HNSW costs rows: measured at 100k and 1M rows, a build (~4e-4 s per
+# row on 2 cores) is repaid only after ~50,000 queries (~8e-9 s per row per query), whatever the row count.
+APPROX_FROM_QUERIES = 50_000
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -21,31 +23,16 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
-def exact_search(database: np.ndarray, queries: np.ndarray, k: int,
-                 block_floats: int = 32_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product (torch matmul + topk), blocked so the database is read once per query block."""
-    db = torch.from_numpy(np.ascontiguousarray(database, dtype=np.float32))
-    q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    k = min(k, len(db))
-    # Streaming the whole database once per small query chunk made 1M rows memory-bound (3x slower than faiss);
-    # blocking rows too keeps each (queries x rows) score block near block_floats and merges running top-k lists.
-    q_block = max(1, min(len(q_all), 1024))
-    db_block = max(k, block_floats // q_block)
-    sims, ids = [], []
-    with torch.inference_mode():
-        for q_start in range(0, len(q_all), q_block):
-            q = q_all[q_start:q_start + q_block]
-            best_v = torch.full((len(q), 0), float("-inf"))
-            best_i = torch.zeros((len(q), 0), dtype=torch.int64)
-            for d_start in range(0, len(db), db_block):
-                top = torch.topk(q @ db[d_start:d_start + db_block].T, min(k, len(db) - d_start), dim=1)
-                merged_v = torch.cat([best_v, top.values], dim=1)
-                merged_i = torch.cat([best_i, top.indices + d_start], dim=1)
-                keep = torch.topk(merged_v, min(k, merged_v.shape[1]), dim=1)
-                best_v, best_i = keep.values, torch.gather(merged_i, 1, keep.indices)
-            sims.append(best_v.numpy())
-            ids.append(best_i.numpy())
-    return np.concatenate(sims), np.concatenate(ids).astype(np.int64)
+def exact_search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product with faiss's brute-force kNN (no index copy of the database)."""
+    import faiss
+
+    # faiss's brute force beat a blocked torch matmul + topk on both machines measured (benchmarks/RESULTS.md).
+    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
+    sims, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                          np.ascontiguousarray(database, dtype=np.float32), min(k, len(database)),
+                          metric=faiss.METRIC_INNER_PRODUCT)
+    return sims, ids.astype(np.int64)
 
 
 @dataclass
@@ -68,12 +55,15 @@ class NeighbourIndex:
 
 
 def build_index(database: np.ndarray, kind: str = "auto", k: int = 10, target_recall: float = 0.95,
-                tune_queries: np.ndarray | None = None, seed: int = 0) -> NeighbourIndex:
-    """Build an index over unit vectors; approximate kinds are tuned until recall@k vs exact reaches the target."""
+                tune_queries: np.ndarray | None = None, seed: int = 0, n_queries: int = 1000) -> NeighbourIndex:
+    """Build an index over unit vectors; approximate kinds are tuned until recall@k vs exact reaches the target.
+
+    auto: exact search unless n_queries (how many searches the index will serve) would repay an HNSW build.
+    """
     if kind not in INDEXES:
         raise CacheError(f"--index {kind}: choose one of {', '.join(INDEXES)}")
     if kind == "auto":
-        kind = "flat" if len(database) <= EXACT_UP_TO else "ivf"
+        kind = "hnsw" if n_queries >= APPROX_FROM_QUERIES else "flat"
     if kind == "flat":
         return NeighbourIndex("flat", database)
     import faiss
@@ -89,7 +79,7 @@ def build_index(database: np.ndarray, kind: str = "auto", k: int = 10, target_re
         sample = database[rng.choice(len(database), min(len(database), 40 * nlist), replace=False)]
         index.train(np.ascontiguousarray(sample))
         index.add(database)
-        values = [v for v in (4, 8, 16, 32, 64, 128, 256) if v <= nlist] or [nlist]
+        values = [v for v in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if v <= nlist] or [nlist]
     else:
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80

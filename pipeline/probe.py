@@ -115,8 +115,9 @@ def run_probe(cfg: ProbeConfig) -> dict:
     is_query[rng.choice(n, cfg.queries, replace=False)] = True
     q_rows, db_rows = np.flatnonzero(is_query), np.flatnonzero(~is_query)
     depth = min(max(cfg.k, max(RECALL_DEPTHS)), len(db_rows))
-    t_index = build_index(teacher_vecs[db_rows], cfg.index, cfg.k, seed=cfg.seed)
-    s_index = build_index(student_vecs[db_rows], cfg.index, cfg.k, seed=cfg.seed)
+    searches = len(q_rows) + len(cfg.query_texts)
+    t_index = build_index(teacher_vecs[db_rows], cfg.index, cfg.k, seed=cfg.seed, n_queries=searches)
+    s_index = build_index(student_vecs[db_rows], cfg.index, cfg.k, seed=cfg.seed, n_queries=searches)
     _, t_ids, t_ms = timed_search(t_index, teacher_vecs[q_rows], depth)
     _, s_ids, s_ms = timed_search(s_index, student_vecs[q_rows], depth)
     m = neighbour_metrics(teacher_vecs[db_rows], student_vecs[db_rows], teacher_vecs[q_rows],

@@ -64,16 +64,19 @@ def test_probe_figures_equal_brute_force(tiny_cache, tiny_student, tmp_path):
     assert "kNN@5 agreement" in md and "## Worst queries" in md
 
 
-def test_exact_search_blocks_merge_to_the_brute_force_top_k():
-    from pipeline.neighbours import exact_search, normalize
+def test_exact_search_and_auto_index_choice():
+    from pipeline.neighbours import APPROX_FROM_QUERIES, build_index, exact_search, normalize
 
     rng = np.random.default_rng(0)
     db, q = normalize(rng.normal(size=(1000, 16))), normalize(rng.normal(size=(37, 16)))
     want = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :7]
-    for block in (7, 100, 5_000, 32_000_000):  # many tiny row blocks, a few, one
-        sims, ids = exact_search(db, q, 7, block_floats=block)
-        assert (ids == want).all(), block
-        assert np.allclose(sims, np.take_along_axis(q @ db.T, want, 1), atol=1e-5)
+    sims, ids = exact_search(db, q, 7)
+    assert (ids == want).all()
+    assert np.allclose(sims, np.take_along_axis(q @ db.T, want, 1), atol=1e-5)
+    assert exact_search(db[:3], q, 7)[1].shape == (37, 3)  # k capped at the rows there are
+    assert build_index(db, "auto", n_queries=1000).kind == "flat"
+    approx = build_index(db, "auto", k=7, n_queries=APPROX_FROM_QUERIES)
+    assert approx.kind == "hnsw" and approx.recall >= 0.95
 
 
 def test_probe_cli_with_user_query_and_approximate_index(tiny_cache, tiny_student, tmp_path, capsys, teacher_dir):
