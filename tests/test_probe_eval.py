@@ -86,6 +86,7 @@ def test_probe_cli_with_user_query_and_approximate_index(tiny_cache, tiny_studen
     assert code == 0
     report = json.loads((tmp_path / "p" / "report.json").read_text())
     assert report["index"]["kind"] == "hnsw" and report["index"]["recall_vs_exact"] >= 0.95
+    assert report["index"]["recall_depth"] == min(100, report["rows_probed"] - 30)  # tuned at the depth searched
     assert len(report["user_queries"][0]["teacher_neighbours"]) == 5
     code = run_cli(capsys, "probe", "--shards", tiny_cache, "--student", tiny_student, "--queries", "30",
                    "--report", tmp_path / "q", "--query", "Only the student side.", "--teacher-free", "--quiet")[0]
