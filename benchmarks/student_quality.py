@@ -88,7 +88,8 @@ def main() -> None:
               f"{r['sentences_per_s'] / teacher_rate:.1f} | "
               f"{'' if r.get('train_per_s') is None else format(r['train_per_s'], ',.0f')} |" for r in rows]
     section = "\n".join([
-        f"## Student quality vs teacher and model2vec ({time.strftime('%Y-%m-%d')})", "",
+        f"## Student quality vs teacher{'' if args.no_model2vec else ' and model2vec'} ({time.strftime('%Y-%m-%d')})",
+        "",
         f"Machine: {machine()}. STS-B: bundled sts-test/sts-dev, cosine Spearman x100. kNN@10: {len(texts):,} "
         "held-out Wikipedia sentences (never trained on), 1,000 queries vs the rest, exact search. Encode "
         "sentences/s: encoding those sentences in this process, one model after the other, 2 threads (the teacher "
