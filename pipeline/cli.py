@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -203,12 +204,19 @@ from pipeline.train_cmd import train_student  # noqa: E402
 app.command("train-student")(train_student)
 
 
+def interrupted() -> int:
+    """Report a Ctrl-C (work already saved) and return its exit code."""
+    if "RANK" not in os.environ:  # under torchrun the launching `tc` says it once, not every rank
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line on stderr and an exit code."""
     try:
         result = app(args=argv, prog_name="tc", standalone_mode=False)
-        if result == 130 and "RANK" not in os.environ:  # typer turns KeyboardInterrupt into Exit(130); under
-            print(INTERRUPTED, file=sys.stderr)  # torchrun the launching `tc` says it once, not every rank
+        if result == 130:  # commands turn KeyboardInterrupt into Exit(130) after saving their work
+            return interrupted()
         return result if isinstance(result, int) else 0
     except CacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -226,16 +234,19 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        if "RANK" not in os.environ:
-            print(INTERRUPTED, file=sys.stderr)
-        return 130
+        return interrupted()
     except BrokenPipeError:
         return 0
 
 
 def run() -> None:
     """Console-script wrapper around main()."""
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a Ctrl-C landing in main's own handlers
+        code = interrupted()
+    if code == 130:  # a second or late SIGINT during teardown must not turn the exit into -2 or a traceback
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
     if "RANK" in os.environ:  # a torchrun rank: leave without interpreter teardown, where gloo can abort
         from student.distributed import exit_now
 
