@@ -1,4 +1,4 @@
-"""Neighbour-search speed for probes: exact (torch, faiss flat) vs approximate (faiss IVF, HNSW) at 100k and 1M.
+"""Neighbour-search speed for probes: exact (faiss.knn, blocked torch) vs approximate (faiss IVF, HNSW) at 100k and 1M.
 
 Usage: .venv/bin/python -m benchmarks.probe --cache benchmarks/work/cache100k [--cache benchmarks/work/cache900k]
        [--sizes 100000,1000000]     (the caches' sentence files: python -m benchmarks.corpora)
@@ -21,7 +21,7 @@ from teacher_cache import open_cache
 
 
 def torch_exact_search(database: np.ndarray, queries: np.ndarray, k: int,
-                 block_floats: int = 32_000_000) -> tuple[np.ndarray, np.ndarray]:
+                       block_floats: int = 32_000_000) -> tuple[np.ndarray, np.ndarray]:
     """The alternative to faiss for exact search: torch matmul + topk, blocked so rows are read once per block."""
     db = torch.from_numpy(np.ascontiguousarray(database, dtype=np.float32))
     q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
@@ -66,9 +66,6 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--skip", default="", help="comma-separated methods to skip, e.g. torch,hnsw")
     args = parser.parse_args()
-    import faiss
-
-    faiss.omp_set_num_threads(torch.get_num_threads())
     real = np.concatenate([open_cache(path).vectors() for path in args.cache])
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:

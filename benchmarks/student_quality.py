@@ -3,7 +3,7 @@
 Usage: .venv/bin/python -m benchmarks.student_quality --probe-cache benchmarks/work/probe10k \
            --student bilstm=benchmarks/work/students/bilstm-teacher [--student NAME=PATH ...] [--note TEXT]
 The probe cache holds sentences none of the students trained on; agreement is measured with 1,000 of its rows as
-queries against the rest, exactly (torch matmul). model2vec is `distill(teacher, pca_dims=256)` (needs the bench
+queries against the rest, exactly (faiss brute force). model2vec is `distill(teacher, pca_dims=256)` (needs the bench
 extra). Appends a table to benchmarks/RESULTS.md.
 """
 

@@ -1,4 +1,4 @@
-"""Nearest-neighbour search for probes: exact (torch matmul + topk) or faiss IVF/HNSW with measured recall."""
+"""Nearest-neighbour search for probes: exact (faiss brute force) or faiss IVF/HNSW with measured recall."""
 
 from __future__ import annotations
 
@@ -23,12 +23,18 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
-def exact_search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product with faiss's brute-force kNN (no index copy of the database)."""
+def faiss_with_torch_threads():
+    """The faiss module, set to use as many threads as torch does."""
     import faiss
 
-    # faiss's brute force beat a blocked torch matmul + topk on both machines measured (benchmarks/RESULTS.md).
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
+    return faiss
+
+
+def exact_search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product with faiss's brute-force kNN (no index copy of the database)."""
+    # faiss's brute force beat a blocked torch matmul + topk on both machines measured (benchmarks/RESULTS.md).
+    faiss = faiss_with_torch_threads()
     sims, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
                           np.ascontiguousarray(database, dtype=np.float32), min(k, len(database)),
                           metric=faiss.METRIC_INNER_PRODUCT)
@@ -66,9 +72,7 @@ def build_index(database: np.ndarray, kind: str = "auto", k: int = 10, target_re
         kind = "hnsw" if n_queries >= APPROX_FROM_QUERIES else "flat"
     if kind == "flat":
         return NeighbourIndex("flat", database)
-    import faiss
-
-    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
+    faiss = faiss_with_torch_threads()
     dim = database.shape[1]
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
