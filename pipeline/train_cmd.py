@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -82,6 +83,9 @@ def train_student(
         train(cfg)
     except CacheError:
         if rank:  # every rank meets the same error; rank 0 prints it
+            # torchrun stops the other ranks as soon as one fails: give rank 0 a moment to print first (a CI run
+            # lost the line once when this rank exited first)
+            time.sleep(2)
             raise typer.Exit(1) from None
         raise
     except KeyboardInterrupt:
