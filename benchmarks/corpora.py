@@ -6,9 +6,13 @@ Writes, one sentence per line:
   train100k.txt  every 6th of the other Wikipedia lines, first 100,000: the students' training set
   rest900k.txt   every other unique sentence (Wikipedia, Wikinews, all GLUE/STS texts) not in train100k, first
                  900,000: with train100k, the 1M real vectors of benchmarks/probe.py
+  distill.txt    the students' large training set: train100k, then every other unique Wikipedia (never a probe
+                 line) and Wikinews sentence in a seeded shuffle; no GLUE/STS text, since hidden STS test sets are
+                 drawn from the same sources (MRPC, STS-B)
 then the caches are, e.g.:
   tc encode --corpus benchmarks/work/train100k.txt --out benchmarks/work/cache100k --pooling mean,cls --shard-size 10000
   tc encode --corpus benchmarks/work/rest900k.txt --out benchmarks/work/cache900k --pooling mean
+  tc encode --corpus benchmarks/work/distill.txt --out benchmarks/work/cache-distill --pooling mean
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +77,15 @@ def main() -> None:
             seen.add(text)
             rest.append(text)
     write_lines(args.out / "rest900k.txt", rest[:900_000])
+    probe_all, seen = set(probe), set(train)
+    extra = []
+    for text in [*others, *gz_lines(args.data / "corpus/wikinews_en_sentences.txt.gz")]:
+        text = text.strip()
+        if text and text not in seen and text not in probe_all:
+            seen.add(text)
+            extra.append(text)
+    random.Random(0).shuffle(extra)
+    write_lines(args.out / "distill.txt", train + extra)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,8 @@ from typing import Annotated
 
 import typer
 
-try:  # typer >= 0.20 vendors click; its exceptions are not click's
-    from typer._click import exceptions as click_exc
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_exc
-
-from teacher_cache.errors import CacheError
+from pipeline import failures
+from teacher_cache.errors import CacheError, Terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
@@ -137,7 +133,7 @@ def encode_logits(teacher: str | None, corpus: list[str] | None, out: Path, max_
 
 @app.command()
 def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
-    """Re-check every shard against the manifest: checksums, row counts, contiguous ids.
+    """Re-check every file against the manifest: shards (checksums, row counts, contiguous ids) and the others.
 
     Exits 1 and names the bad shard when one fails.
 
@@ -152,7 +148,12 @@ def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> 
     if problems:
         raise typer.Exit(1)
     state = "complete" if cache.manifest.complete else "INCOMPLETE (rerun tc encode to finish)"
-    typer.echo(f"ok: {len(cache.manifest.shards)} shards, {len(cache):,} rows, checksums match; {state}")
+    files = len(cache.manifest.files)
+    typer.echo(f"ok: {len(cache.manifest.shards)} shards, {len(cache):,} rows and {files} other file(s), checksums "
+               f"match; {state}")
+    if not files and cache.manifest.kind != "logits":
+        typer.echo("note: this cache was written before other files were checksummed; its shards alone were "
+                   "checked", err=True)
 
 
 @app.command()
@@ -203,40 +204,57 @@ from pipeline.train_cmd import train_student  # noqa: E402
 
 app.command("train-student")(train_student)
 
+from pipeline.export_cmd import export  # noqa: E402
 
-def interrupted() -> int:
-    """Report a Ctrl-C (work already saved) and return its exit code."""
+app.command("export")(export)
+
+
+def interrupted(code: int = 130) -> int:
+    """Report a Ctrl-C (130) or a SIGTERM (143), work already saved, and return that exit code."""
     if "RANK" not in os.environ:  # under torchrun the launching `tc` says it once, not every rank
-        print(INTERRUPTED, file=sys.stderr, flush=True)
-    return 130
+        text = INTERRUPTED if code == 130 else INTERRUPTED.replace("interrupted:", "terminated (SIGTERM):")
+        print(text, file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line on stderr and an exit code."""
     try:
         result = app(args=argv, prog_name="tc", standalone_mode=False)
-        if result == 130:  # commands turn KeyboardInterrupt into Exit(130) after saving their work
-            return interrupted()
+        if result in (130, 143):  # commands turn KeyboardInterrupt into Exit(130) after saving their work
+            return interrupted(result)
         return result if isinstance(result, int) else 0
     except CacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except click_exc.NoArgsIsHelpError as exc:
+    except failures.NO_ARGS as exc:
         print(exc.ctx.get_help() if exc.ctx else str(exc))
         return 0
-    except click_exc.UsageError as exc:
+    except failures.USAGE as exc:
         where = f" (tc {exc.ctx.command.name})" if exc.ctx and exc.ctx.command else ""
         print(f"error: {exc.format_message()}{where}", file=sys.stderr)
         return 2
-    except click_exc.Exit as exc:
+    except failures.EXIT as exc:
         return exc.exit_code
-    except click_exc.Abort:
+    except failures.ABORT:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:  # SIGTERM, handled as Ctrl-C by the command that was running
+        return interrupted(143)
     except KeyboardInterrupt:
         return interrupted()
     except BrokenPipeError:
         return 0
+    except failures.CLICK as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1) or 1
+    except OSError as exc:
+        if exc.filename is None:
+            return failures.internal_error(exc)
+        print(failures.os_error_line(exc), file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug, or an error nobody turned into a CacheError: one line, traceback in a file
+        return failures.internal_error(exc)
 
 
 def run() -> None:
@@ -245,8 +263,9 @@ def run() -> None:
         code = main()
     except KeyboardInterrupt:  # a Ctrl-C landing in main's own handlers
         code = interrupted()
-    if code == 130:  # a second or late SIGINT during teardown must not turn the exit into -2 or a traceback
-        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+    if code in (130, 143):  # a second or late signal during teardown must not turn the exit into -2 or a traceback
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(code))
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(code))
     if "RANK" in os.environ:  # a torchrun rank: leave without interpreter teardown, where gloo can abort
         from student.distributed import exit_now
 

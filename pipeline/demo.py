@@ -11,7 +11,8 @@ from pathlib import Path
 from pipeline.probe import ProbeConfig, run_probe
 from pipeline.sts import load_task, sts_spearman
 from student import Student
-from student.train import TrainConfig, train
+from student.recipes import recipe_config
+from student.train import train
 from teacher_cache.encode import EncodeConfig, encode_corpus, teacher_encoder
 
 
@@ -21,9 +22,10 @@ class DemoConfig:
 
     out: Path = Path("demo")
     corpus: list[str] | None = None
-    arch: str = "bilstm"
-    epochs: int = 4
-    lr: float = 3e-3
+    recipe: str = "static"
+    arch: str | None = None  # None: the recipe's
+    epochs: int | None = None
+    lr: float | None = None
     max_rows: int | None = None
     force: bool = False
     quiet: bool = False
@@ -45,9 +47,11 @@ def run_demo(cfg: DemoConfig) -> str:
     manifest = encode_corpus(encode_cfg)
     last = manifest.extra.get("last_run") or {}
     teacher_rate = last["rows"] / last["encode_s"] if last.get("encode_s") else None
-    say(f"2/4 tc train-student --arch {cfg.arch} --epochs {cfg.epochs} -> {student_dir}")
-    train(TrainConfig(shards=str(cache_dir), out=str(student_dir), arch=cfg.arch, epochs=cfg.epochs, lr=cfg.lr,
-                      force=True, quiet=cfg.quiet))
+    train_cfg = recipe_config(cfg.recipe, shards=str(cache_dir), out=str(student_dir), arch=cfg.arch,
+                              epochs=cfg.epochs, lr=cfg.lr, force=True, quiet=cfg.quiet)
+    say(f"2/4 tc train-student --recipe {cfg.recipe} (--arch {train_cfg.arch}, --epochs {train_cfg.epochs}) -> "
+        f"{student_dir}")
+    train(train_cfg)
     say(f"3/4 tc probe -> {probe_dir}")
     report = run_probe(ProbeConfig(shards=cache_dir, student=student_dir, report=probe_dir, quiet=cfg.quiet,
                                    max_rows=None))
@@ -68,17 +72,19 @@ def run_demo(cfg: DemoConfig) -> str:
 def render_summary(cfg, manifest, report, metrics, sts, teacher_rate, params, seconds) -> str:
     """The one table a user reads at the end of the demo."""
     k = report["k"]
+    rate = report["student_sentences_per_s"]
+    speedup = f" ({rate / teacher_rate:.0f}x)" if teacher_rate else ""
     (teacher_sts, student_sts), (teacher_params, student_params) = sts, params
     lines = [
-        f"# tc demo: {manifest.rows:,} sentences, {cfg.arch} student, {cfg.epochs} epochs "
+        f"# tc demo: {manifest.rows:,} sentences, {metrics['epochs']}-epoch {cfg.recipe}-recipe student "
         f"({seconds / 60:.1f} min)", "",
         "| | teacher | student |", "|---|---|---|",
-        f"| STS-B test Spearman x100 | {teacher_sts:.2f} | {student_sts:.2f} |",
+        f"| STS-B test Spearman x100 | {teacher_sts:.2f} | {student_sts:.2f} ({student_sts / teacher_sts:.2f}x) |",
         f"| kNN@{k} agreement with the teacher ({report['queries']} held-out queries) | 1.000 (by definition) | "
         f"{report[f'knn@{k}_agreement']:.3f} |",
         f"| mean cosine to the teacher's vector | 1.000 | {report['mean_cosine_student_teacher']:.3f} |",
         f"| sentences/s on this machine | {teacher_rate or float('nan'):,.0f} | "
-        f"{report['student_sentences_per_s']:,.0f} |",
+        f"{report['student_sentences_per_s']:,.0f}{speedup} |",
         f"| parameters | {teacher_params / 1e6:.1f} M | "
         f"{student_params / 1e6:.1f} M |", "",
         f"Student val: {', '.join(f'{k2} {v:.3f}' for k2, v in metrics['final'].items())} after "

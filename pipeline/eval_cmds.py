@@ -60,8 +60,10 @@ def eval_(
 
     Example: tc eval --student student_out/ --teacher default --tasks sts-b,sts-b-dev
     """
+    from pipeline.failures import check_positive
     from pipeline.sts import TASKS, load_task, sts_spearman
 
+    check_positive(batch_size, "--batch-size")
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     for name in names:
         if name not in TASKS:
@@ -100,9 +102,11 @@ def format_table(header: list[str], rows: list[tuple[str, list[float]]]) -> str:
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the cache, student, probe report and summary.")] = Path("demo"),
     corpus: Annotated[list[str], typer.Option(help="Corpus file(s) (default: the bundled 5,000 sentences).")] = None,
-    arch: Annotated[str, typer.Option(help="Student: bilstm, cnn or static.")] = "bilstm",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 4,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    recipe: Annotated[str, typer.Option(help="Student recipe: static (default), compact or paper (see "
+                                              "`tc train-student --help`).")] = "static",
+    arch: Annotated[str, typer.Option(help="Student: bilstm, cnn or static (default: the recipe's).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs (default: the recipe's).")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (default: the recipe's).")] = None,
     max_rows: Annotated[int, typer.Option(help="Use only the first N corpus rows.")] = None,
     force: Annotated[bool, typer.Option(help="Re-encode even if <out>/cache holds another cache.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
@@ -111,12 +115,12 @@ def demo(
 
     Takes a few minutes on 2 CPU cores; rerunning reuses the finished cache.
 
-    Example: tc demo --out demo/ --arch bilstm --epochs 4
+    Example: tc demo --out demo/ --recipe static
     """
     from pipeline.demo import DemoConfig, run_demo
 
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise CacheError(f"--epochs {epochs}: must be at least 1")
-    summary = run_demo(DemoConfig(out=out, corpus=list(corpus) if corpus else None, arch=arch, epochs=epochs,
-                                  lr=lr, max_rows=max_rows, force=force, quiet=quiet))
+    summary = run_demo(DemoConfig(out=out, corpus=list(corpus) if corpus else None, recipe=recipe, arch=arch,
+                                  epochs=epochs, lr=lr, max_rows=max_rows, force=force, quiet=quiet))
     typer.echo("\n" + summary)

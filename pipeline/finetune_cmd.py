@@ -81,8 +81,10 @@ def finetune(
 
     Example: tc finetune --model student_out/ --task sst2 --out ft/ --kd-cache logits_cache/ --kd-alpha 0.5
     """
+    from pipeline.failures import check_device
     from student.finetune import FinetuneConfig
 
+    check_device(device)
     cfg = FinetuneConfig(model=str(model), task=task, out=str(out), data_dir=str(data_dir) if data_dir else None,
                          text_columns=split_list(text_columns), label_column=label_column, labels=split_list(labels),
                          regression=regression, dev_file=str(dev_file) if dev_file else None, epochs=epochs,
@@ -152,9 +154,13 @@ def predict(
 
     Example: tc predict --model ft/ --input SST-2/test.tsv --out preds.tsv
     """
+    from pipeline.failures import check_device, check_out_file, check_positive
     from student.task_model import read_task_json
     from student.tasks import TaskSpec, compute_metrics, decode, load_inputs
 
+    check_positive(batch_size, "--batch-size")
+    check_device(device)
+    check_out_file(out)
     meta = read_task_json(model)
     kind, spec = meta.get("kind"), TaskSpec.from_dict(meta["task"])
     data = load_inputs(spec, input, split_list(text_columns))
@@ -172,7 +178,9 @@ def predict(
     if out is None:
         typer.echo("\n".join(lines))
     else:
-        out.write_text("\n".join(lines) + "\n")
+        from teacher_cache.manifest import atomic_write_text
+
+        atomic_write_text(out, "\n".join(lines) + "\n")  # a full disk keeps the previous file and says so
     scores = compute_metrics(spec, outputs, data.labels) if data.labels is not None else {}
     where = f" to {out}" if out else ""
     metric = ("; " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())) if scores else ""

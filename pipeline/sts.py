@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from teacher_cache.bundled import bundled_data
 from teacher_cache.errors import CacheError
 
-BUNDLED_STSB = Path(__file__).resolve().parent.parent / "data" / "stsbenchmark"
+BUNDLED_STSB = bundled_data("stsbenchmark")
 TASKS = ("sts-b", "sts-b-dev", "sick-r", "sts12", "sts13", "sts14", "sts15", "sts16")
 EncodeFn = Callable[[list[str]], np.ndarray]
 

@@ -19,18 +19,35 @@ def train_student(
     shards: Annotated[Path, typer.Option(help="Cache folder written by `tc encode`.")] = Path("out"),
     out: Annotated[Path, typer.Option(help="Student folder to write (created; refused when it holds other "
                                            "things, unless --force).")] = Path("student_out"),
-    arch: Annotated[str, typer.Option(help="bilstm (the paper's), cnn or static (model2vec-like).")] = "bilstm",
-    epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Sentences per step.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, then cosine decay).")] = 1e-3,
+    recipe: Annotated[str, typer.Option(help="A measured recipe to start from: static (default; ~35x the "
+                                              "teacher's speed), compact (a narrow CNN) or paper (the paper's "
+                                              "BiLSTM). Every option below overrides it.")] = None,
+    arch: Annotated[str, typer.Option(help="bilstm (the paper's), cnn or static (model2vec-like); default: the "
+                                            "recipe's.")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training rows (default: the recipe's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sentences per step (default: the recipe's).")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, then cosine decay; default: the "
+                                            "recipe's).")] = None,
+    emb_lr: Annotated[float, typer.Option(help="Peak learning rate of the token embeddings and weights "
+                                                "(default: the recipe's, else --lr).")] = None,
     max_rows: Annotated[int, typer.Option(help="Use only the first N rows of the cache.")] = None,
     val_rows: Annotated[int, typer.Option(help="Held-out rows, chosen by id (default min(2000, 10%)).")] = None,
-    init_embeddings: Annotated[str, typer.Option(help="teacher (the cache's token embeddings, PCA-projected) "
-                                                      "or random.")] = "teacher",
+    init_embeddings: Annotated[str, typer.Option(help="teacher (the cache's token embeddings, PCA-projected), "
+                                                      "outputs (the teacher's output for each token, static "
+                                                      "only) or random.")] = None,
+    token_weights: Annotated[bool, typer.Option(help="Static: learn a weight per token, SIF-initialised.")] = None,
+    kernel_sizes: Annotated[str, typer.Option(help="CNN: comma-separated odd convolution widths (default: the "
+                                                   "recipe's, else 3,5,7).")] = None,
+    static_path: Annotated[bool, typer.Option(help="CNN: add a static student's path beside the convolutions "
+                                                    "(started from the token outputs).")] = None,
+    sif: Annotated[float, typer.Option(help="SIF's a in a/(a+p(token)) for the initial token weights "
+                                             "(0: none).")] = None,
     target_column: Annotated[str, typer.Option(help="Teacher vector to learn: a pooling (mean, cls) or column "
                                                     "name; default the cache's first.")] = None,
-    loss: Annotated[str, typer.Option(help="mse (the paper's), cosine or contrastive (in-batch InfoNCE).")] = "mse",
-    emb_dim: Annotated[int, typer.Option(help="Embedding width (default 300; static 256).")] = None,
+    loss: Annotated[str, typer.Option(help="mse (the paper's), cosine, contrastive (in-batch InfoNCE) or "
+                                            "relational (in-batch similarity KL); join several with '+'.")] = None,
+    emb_dim: Annotated[int, typer.Option(help="Embedding width (default: the recipe's, else 300; "
+                                             "static 256).")] = None,
     hidden: Annotated[int, typer.Option(help="LSTM units per direction (default 512) or CNN channels per "
                                              "width (default 256).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoint with the same settings.")] = False,
@@ -52,7 +69,7 @@ def train_student(
                                             "this command under torchrun (gloo on CPU, nccl on CUDA, one GPU "
                                             "per process); --batch-size is per process.")] = 1,
 ) -> None:
-    """Train a small student (BiLSTM by default) to reproduce the cached teacher vectors, streaming the cache.
+    """Train a small student (the static recipe by default) to reproduce the cached teacher vectors, from the cache.
 
     Reports val MSE, cosine and kNN@10 agreement with the teacher on held-out rows; checkpoints atomically so
     that --resume continues after a crash or Ctrl-C with the same data order.
@@ -60,13 +77,16 @@ def train_student(
     With --nproc N (or when started by torchrun) each rank streams its own equal share of the training rows and
     rank 0 evaluates and writes; --resume needs the number of processes the checkpoint was made with.
 
-    Example: tc train-student --shards out/ --out student_out/ --epochs 3 --batch-size 128
+    Example: tc train-student --shards out/ --out student_out/ --recipe static --epochs 3
     """
     from student import distributed
-    from student.train import TrainConfig, train
+    from student.recipes import recipe_config
+    from student.train import train
 
-    cfg = TrainConfig(shards=str(shards), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                      max_rows=max_rows, val_rows=val_rows, init_embeddings=init_embeddings,
+    cfg = recipe_config(recipe, shards=str(shards), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size,
+                      lr=lr, emb_lr=emb_lr, max_rows=max_rows, val_rows=val_rows, init_embeddings=init_embeddings,
+                      token_weights=token_weights, static_path=static_path, sif=sif,
+                      kernel_sizes=parse_kernel_sizes(kernel_sizes),
                       target_column=target_column, loss=loss, emb_dim=emb_dim, hidden=hidden, resume=resume,
                       force=force, seed=seed, device=device, precision=precision, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, max_steps=max_steps, num_workers=num_workers, quiet=quiet)
@@ -94,6 +114,16 @@ def train_student(
         raise
     finally:
         distributed.shutdown()
+
+
+def parse_kernel_sizes(text: str | None) -> list[int] | None:
+    """'3,5' -> [3, 5]; a one-line error naming --kernel-sizes otherwise."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise CacheError(f"--kernel-sizes {text}: give comma-separated odd widths, e.g. 3,5") from None
 
 
 def forwarded(ctx: typer.Context) -> list[str]:

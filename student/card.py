@@ -55,12 +55,44 @@ student neighbours (cosine, among the validation rows).
 
 ## Use
 
+Three ways to load it. With this package (`pip install teacher-cache`):
+
 ```python
 from student import Student
 
 model = Student.from_pretrained("{args.get('out', '.')}")
 vectors = model.encode(["A sentence.", "Another one."])  # numpy, (2, {cache.get('dim')})
 ```
+
+With sentence-transformers (same vectors; its evaluators, similarity functions, losses and trainer work on it;
+the flag lets it import this package's module class, nothing is downloaded):
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{args.get('out', '.')}", trust_remote_code=True)
+vectors = model.encode(["A sentence.", "Another one."])
+```
+
+Without torch, after `tc export --model {args.get('out', '.')} --to onnx --out onnx_out/`
+(`pip install 'teacher-cache[onnx]'`):
+
+```python
+from student import OnnxStudent
+
+model = OnnxStudent.from_pretrained("onnx_out/")
+vectors = model.encode(["A sentence.", "Another one."], batch_size=32)
+```
+{model2vec_use(args)}"""
+
+
+def model2vec_use(args: dict) -> str:
+    """The model2vec paragraph of the card, for static students only."""
+    if args.get("arch") != "static":
+        return ""
+    return f"""
+A static student also exports to model2vec (`tc export --model {args.get('out', '.')} --to model2vec --out m2v/`,
+`--dtype int8` for about a quarter of the size): `model2vec.StaticModel.from_pretrained("m2v/")` gives the same vectors.
 """
 
 

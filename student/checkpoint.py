@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -12,6 +15,7 @@ import torch
 from student.config import CONFIG_NAME
 from student.tokenizer import TOKENIZER_FILES
 from teacher_cache.errors import CacheError
+from teacher_cache.lock import LOCK_NAME, FolderLock
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -27,20 +31,45 @@ def checkpoint_file(out: str | Path) -> Path:
 def save_checkpoint(out: str | Path, state: dict) -> Path:
     """Write `state` to <out>/checkpoint/checkpoint.pt atomically (temporary file, fsync, rename)."""
     path = checkpoint_file(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     summary = {k: state[k] for k in ("epoch", "batches_done", "step", "rows_seen") if k in state}
-    (path.parent / "trainer_state.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        state_tmp = path.parent / "trainer_state.json.tmp"
+        state_tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(state_tmp, path.parent / "trainer_state.json")
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        for stale in (tmp, path.parent / "trainer_state.json.tmp"):
+            stale.unlink(missing_ok=True)
+        if path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # a first checkpoint that failed leaves nothing that looks like a run
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in first or "file write failed" in first
+        reason = "no space left on device" if full else (getattr(exc, "strerror", None) or first)[:200]
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was saved yet"
+        raise CacheError(f"{path}: cannot write the checkpoint ({reason}); {kept}") from None
     return path
 
 
+def flatten(settings: dict, prefix: str = "") -> dict:
+    """{'cache': {'rows': 3}} -> {'cache.rows': 3}, so a difference names the very setting."""
+    flat: dict = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def setting_differences(saved: dict, current: dict) -> list[str]:
-    """'key: saved != current' for every setting that differs."""
+    """'key: saved != current' for every setting that differs (nested ones named as 'cache.fingerprint')."""
+    saved, current = flatten(saved), flatten(current)
     keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k)!r} != {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
@@ -91,7 +120,9 @@ def check_output(out: str | Path, shards: str | Path, resume: bool, force: bool)
     out, shards = Path(out), Path(shards)
     if resume and force:
         raise CacheError("--resume and --force: choose one (--force starts over, --resume continues)")
-    present = refuse_unsafe_out(out, shards, "cache")
+    present = [name for name in refuse_unsafe_out(out, shards, "cache") if name != LOCK_NAME]
+    if CHECKPOINT_DIR in present and not checkpoint_file(out).exists():
+        present.remove(CHECKPOINT_DIR)  # what a failed first checkpoint left: nothing to resume, nothing to keep
     if resume:
         if not checkpoint_file(out).exists() and (out / "training_args.json").exists():
             raise CacheError(f"--resume: {out} holds a finished student and no checkpoint; nothing to resume "
@@ -113,6 +144,24 @@ def clear_output(out: str | Path, names: tuple[str, ...] = OUTPUT_FILES) -> None
     for name in names:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+
+@contextmanager
+def hold_output(out: str | Path, shards: str | Path, command: str = "tc train-student") -> Iterator[None]:
+    """Lock --out for one run (rank 0 alone under torchrun); a second writer is refused in one line naming the first.
+
+    Under the lock, leftovers of a checkpoint that was never completed (a full disk, a kill) are removed, so that
+    `--resume` and a fresh start agree on whether there is anything to resume.
+    """
+    if os.environ.get("RANK", "0") != "0":  # the other ranks never write into --out
+        yield
+        return
+    refuse_unsafe_out(Path(out), Path(shards), "cache")  # before the lock creates the folder
+    with FolderLock(out, command):
+        folder = Path(out) / CHECKPOINT_DIR
+        if folder.is_dir() and not checkpoint_file(out).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        yield
 
 
 def remove_checkpoint(out: str | Path) -> None:

@@ -29,6 +29,9 @@ class StudentConfig:
     max_length: int = 256
     kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])  # cnn only; odd widths keep lengths
     dropout: float = 0.0
+    token_weights: bool = False  # static (and cnn's static path): a learnt scalar weight per vocabulary entry
+    static_path: bool = False  # cnn only: add a static student's (weighted mean + linear) path to the output
+    add_special_tokens: bool | None = None  # [CLS]/[SEP] in the input; None: yes except for static (as model2vec)
     pad_id: int = 0
     teacher: dict = field(default_factory=dict)  # where the targets came from (name, hash, column, pooling)
 
@@ -40,6 +43,8 @@ class StudentConfig:
         self.emb_dim = emb if self.emb_dim is None else self.emb_dim
         self.hidden = hidden if self.hidden is None else self.hidden
         self.pooling = pooling if self.pooling is None else self.pooling
+        if self.add_special_tokens is None:
+            self.add_special_tokens = self.arch != "static"
         self.validate()
 
     def validate(self) -> None:

@@ -51,7 +51,12 @@ class BiLSTMEncoder(nn.Module):
 
 
 class CNNEncoder(nn.Module):
-    """Word-piece embedding -> parallel 1-D convolutions (odd widths, same length) + ReLU -> pooling -> linear."""
+    """Word-piece embedding -> parallel 1-D convolutions (odd widths, same length) + ReLU -> pooling -> linear.
+
+    With `cfg.static_path` a static student's path runs beside the convolutions and the two are added:
+    proj(pooled convolutions) + static_proj(mean of w_t e_t). Started from a static student's weights with the
+    convolution side's projection at zero, it begins exactly where the static student is and adds context.
+    """
 
     def __init__(self, cfg: StudentConfig):
         super().__init__()
@@ -60,29 +65,51 @@ class CNNEncoder(nn.Module):
         self.convs = nn.ModuleList(nn.Conv1d(cfg.emb_dim, cfg.hidden, k, padding=k // 2) for k in cfg.kernel_sizes)
         self.dropout = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(cfg.hidden * len(cfg.kernel_sizes), cfg.out_dim)
+        self.token_weights = nn.Embedding(cfg.vocab_size, 1) if cfg.token_weights else None
+        if self.token_weights is not None:
+            nn.init.ones_(self.token_weights.weight)
+        self.static_proj = nn.Linear(cfg.emb_dim, cfg.out_dim) if cfg.static_path else None
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, time) ids and (batch,) lengths -> (batch, out_dim)."""
         mask = length_mask(lengths, input_ids.shape[1])
-        x = self.dropout(self.embedding(input_ids)) * mask[..., None]  # padding reads as the conv's zero padding
+        emb = self.embedding(input_ids)
+        x = self.dropout(emb) * mask[..., None]  # padding reads as the conv's zero padding
         x = x.transpose(1, 2)
         pooled = [masked_pool(torch.relu(conv(x)).transpose(1, 2), mask, self.cfg.pooling) for conv in self.convs]
-        return self.proj(self.dropout(torch.cat(pooled, dim=-1)))
+        out = self.proj(self.dropout(torch.cat(pooled, dim=-1)))
+        if self.static_proj is None:
+            return out
+        weighted = emb if self.token_weights is None else emb * self.token_weights(input_ids)
+        return out + self.static_proj(masked_pool(weighted, mask, "mean"))
 
 
 class StaticEncoder(nn.Module):
-    """model2vec-like: the pooled (mean by default) token vectors, then a linear map to the teacher's width."""
+    """model2vec-like: the (weighted) mean of token vectors, then a linear map to the teacher's width.
+
+    With `cfg.token_weights` every vocabulary entry also has a learnt scalar weight (initialised from SIF
+    frequencies by the trainer): the sentence vector is proj(sum_t w_t e_t / n), which folds exactly into one
+    static matrix, row t = proj(w_t e_t), for model2vec.
+    """
 
     def __init__(self, cfg: StudentConfig):
         super().__init__()
         self.cfg = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.token_weights = nn.Embedding(cfg.vocab_size, 1) if cfg.token_weights else None
+        if self.token_weights is not None:
+            nn.init.ones_(self.token_weights.weight)
         self.proj = nn.Linear(cfg.emb_dim, cfg.out_dim)
+
+    def token_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, time, emb_dim) token vectors, each scaled by its learnt weight when there are weights."""
+        x = self.embedding(input_ids)
+        return x if self.token_weights is None else x * self.token_weights(input_ids)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, time) ids and (batch,) lengths -> (batch, out_dim)."""
         mask = length_mask(lengths, input_ids.shape[1])
-        return self.proj(masked_pool(self.embedding(input_ids), mask, self.cfg.pooling))
+        return self.proj(masked_pool(self.token_vectors(input_ids), mask, self.cfg.pooling))
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"bilstm": BiLSTMEncoder, "cnn": CNNEncoder, "static": StaticEncoder}

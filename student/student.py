@@ -12,11 +12,14 @@ from torch import nn
 
 from student.config import StudentConfig
 from student.models import build_encoder
+from student.st_config import write_sentence_transformers_files
+from student.static_encode import static_sentence_vectors, supports_fast_path
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
 from teacher_cache.errors import CacheError
 from teacher_cache.progress import Progress
 
 WEIGHTS_NAME = "model.safetensors"
+STATIC_CHUNK = 2048  # sentences tokenised and gathered at once by the static fast path
 
 
 class Student(nn.Module):
@@ -29,7 +32,9 @@ class Student(nn.Module):
             raise CacheError("a student needs tokenizer.json among its tokenizer files")
         self.config = config
         self.tokenizer_files = dict(tokenizer_files)
-        self.tokenizer = WordPieceTokenizer(tokenizer_files["tokenizer.json"], config.max_length, config.pad_id)
+        self.tokenizer = WordPieceTokenizer(tokenizer_files["tokenizer.json"], config.max_length, config.pad_id,
+                                            add_special_tokens=config.add_special_tokens,
+                                            drop_unk=not config.add_special_tokens)  # as model2vec tokenises
         self.encoder = build_encoder(config)
 
     @classmethod
@@ -53,7 +58,9 @@ class Student(nn.Module):
 
     def set_sparse(self, sparse: bool) -> None:
         """Make the embedding produce sparse gradients (for torch.optim.SparseAdam) or dense ones."""
-        self.encoder.embedding.sparse = sparse
+        for module in self.encoder.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = sparse
 
     def num_parameters(self) -> int:
         """Number of weights."""
@@ -71,14 +78,22 @@ class Student(nn.Module):
             raise CacheError(f"{path}: no {WEIGHTS_NAME}")
         student = cls(config, read_tokenizer_files(path))
         try:
-            student.load_state_dict(load_file(str(weights)))
+            state = load_file(str(weights))
+        except Exception as exc:  # a truncated or foreign file (safetensors raises its own error type)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CacheError(f"{weights}: unreadable weights ({first[:200]})") from None
+        try:
+            student.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise CacheError(f"{weights}: weights do not match config.json ({first})") from None
         return student.to(device or "cpu").eval()
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json, model.safetensors and the tokenizer files into `path` (created)."""
+        """Write config.json, model.safetensors, the tokenizer files and modules.json into `path` (created).
+
+        modules.json makes the folder load as `SentenceTransformer(path, trust_remote_code=True)` too.
+        """
         from safetensors.torch import save
 
         path = Path(path)
@@ -90,6 +105,7 @@ class Student(nn.Module):
         tmp.replace(path / WEIGHTS_NAME)
         for name, data in self.tokenizer_files.items():
             (path / name).write_bytes(data)
+        write_sentence_transformers_files(path)
 
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False,
                show_progress_bar: bool | None = None, convert_to_tensor: bool = False,
@@ -103,17 +119,25 @@ class Student(nn.Module):
             raise ValueError(f"batch_size {batch_size}: must be at least 1")
         if device is not None:
             self.to(device)
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first, as sentence-transformers
+        fast = supports_fast_path(self.encoder)  # static: one bag gather per chunk, no padding, no sorting
+        if fast:
+            order, step = np.arange(len(texts)), max(batch_size, STATIC_CHUNK)
+        else:  # longest first, as sentence-transformers
+            order, step = np.argsort([-len(t) for t in texts], kind="stable"), batch_size
         out = torch.empty(len(texts), self.dim)
         progress = Progress("encode", len(texts), "sentences", quiet=not show_progress_bar)
         was_training, dev = self.training, self.device
         self.eval()
         try:
             with torch.inference_mode():
-                for start in range(0, len(texts), batch_size):
-                    index = order[start:start + batch_size]
-                    ids, lengths = self.tokenizer([texts[i] for i in index])
-                    vectors = self(ids.to(dev), lengths.to(dev)).float()
+                for start in range(0, len(texts), step):
+                    index = order[start:start + step]
+                    batch = [texts[i] for i in index]
+                    if fast:
+                        vectors = static_sentence_vectors(self.encoder, self.tokenizer.ids(batch)).float()
+                    else:
+                        ids, lengths = self.tokenizer(batch)
+                        vectors = self(ids.to(dev), lengths.to(dev)).float()
                     if normalize_embeddings:
                         vectors = F.normalize(vectors, dim=-1)
                     out[torch.from_numpy(index)] = vectors.cpu()

@@ -141,7 +141,7 @@ def load_task_model(folder: str | Path, device: str = "cpu") -> tuple[StudentCla
     head = TaskHead(**meta["head"])
     try:
         head.load_state_dict(load_file(str(folder / HEAD_NAME)))
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # missing, truncated (safetensors' own error type) or of another shape
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CacheError(f"{folder / HEAD_NAME}: missing or does not match task.json ({first[:160]})") from None
     model = StudentClassifier(Student.from_pretrained(folder), head)

@@ -1,14 +1,21 @@
-"""The teacher's word-piece tokenizer (the `tokenizers` library only), truncating and padding to tensors."""
+"""The teacher's word-piece tokenizer (the `tokenizers` library only), truncating and padding to tensors.
+
+Imports no torch until tensors are asked for, so the ONNX runtime (student.onnx_student) shares it.
+"""
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from teacher_cache.errors import CacheError
+
+if TYPE_CHECKING:
+    import torch
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -24,13 +31,22 @@ def read_tokenizer_files(folder: str | Path) -> dict[str, bytes]:
 class WordPieceTokenizer:
     """Text -> truncated id lists -> (padded ids, lengths) tensors; special tokens kept as the teacher adds them."""
 
-    def __init__(self, tokenizer_json: bytes | str, max_length: int, pad_id: int | None = None):
-        """Build from the contents of tokenizer.json, truncating to `max_length` ids."""
+    def __init__(self, tokenizer_json: bytes | str, max_length: int, pad_id: int | None = None,
+                 add_special_tokens: bool = True, drop_unk: bool = False):
+        """Build from the contents of tokenizer.json, truncating to `max_length` ids (special tokens optional).
+
+        `drop_unk` removes [UNK] ids after truncation, as model2vec's StaticModel.tokenize does.
+        """
         text = tokenizer_json.decode() if isinstance(tokenizer_json, bytes) else tokenizer_json
         self.tokenizer = Tokenizer.from_str(text)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         self.max_length = max_length
+        self.add_special_tokens = add_special_tokens
+        self.unk_id = self.tokenizer.token_to_id(getattr(self.tokenizer.model, "unk_token", None) or "[UNK]")
+        self.drop_unk = drop_unk and self.unk_id is not None
+        fast = getattr(self.tokenizer, "encode_batch_fast", None)  # same ids, no offsets (tokenizers >= 0.20)
+        self._encode_batch = fast or self.tokenizer.encode_batch
         found = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = pad_id if pad_id is not None else (found if found is not None else 0)
 
@@ -40,17 +56,29 @@ class WordPieceTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def ids(self, texts: list[str]) -> list[list[int]]:
-        """Truncated id lists, one per text (never empty: special tokens are added)."""
-        return [enc.ids or [self.pad_id] for enc in self.tokenizer.encode_batch(texts)]
+        """Truncated id lists, one per text (never empty: an empty text becomes one pad id)."""
+        encodings = self._encode_batch(texts, add_special_tokens=self.add_special_tokens)
+        if self.drop_unk:
+            unk = self.unk_id
+            return [[i for i in enc.ids if i != unk] or [self.pad_id] for enc in encodings]
+        return [enc.ids or [self.pad_id] for enc in encodings]
 
     def pad(self, id_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, longest) LongTensor padded with pad_id, and the (batch,) lengths."""
-        lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
-        out = np.full((len(id_lists), int(lengths.max()) if len(id_lists) else 0), self.pad_id, dtype=np.int64)
-        for row, ids in enumerate(id_lists):
-            out[row, : len(ids)] = ids
+        import torch
+
+        out, lengths = pad_ids(id_lists, self.pad_id)
         return torch.from_numpy(out), torch.from_numpy(lengths)
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize and pad a batch of texts."""
         return self.pad(self.ids(texts))
+
+
+def pad_ids(id_lists: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(batch, longest) int64 array padded with pad_id, and the (batch,) int64 lengths; no Python loop per row."""
+    lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
+    out = np.full((len(id_lists), int(lengths.max()) if len(id_lists) else 0), pad_id, dtype=np.int64)
+    flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(lengths.sum()))
+    out[np.arange(out.shape[1])[None, :] < lengths[:, None]] = flat  # row-major: each row's ids in order
+    return out, lengths

@@ -16,20 +16,29 @@ from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from student import distributed
 from student.card import write_run_files
-from student.checkpoint import check_output, clear_output, load_checkpoint, remove_checkpoint, save_checkpoint
+from student.checkpoint import (
+    check_output,
+    clear_output,
+    hold_output,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from student.config import StudentConfig
 from student.data import Batch, StreamingCacheDataset, read_rows, validation_ids
 from student.evaluate import evaluate
+from student.init import init_from_outputs, sif_weights, token_frequencies
+from student.losses import loss_fn, parse_loss
 from student.models import init_from_teacher
 from student.student import Student
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import CacheError, Terminated
 from teacher_cache.progress import Progress
 from teacher_cache.reader import open_cache
 
@@ -38,6 +47,7 @@ from teacher_cache.reader import open_cache
 class TrainConfig:
     """Every training knob. None means: derive it (from the architecture, the cache or the run length)."""
 
+    recipe: str | None = None  # the student/recipes.py recipe these settings started from (recorded only)
     # data
     shards: str = "out"  # the cache folder written by `tc encode`
     out: str = "student_out"  # the student folder to write
@@ -55,19 +65,24 @@ class TrainConfig:
     pooling: str | None = None  # max | mean
     dropout: float = 0.0
     max_length: int | None = None  # None: the cache's
-    init_embeddings: str = "teacher"  # teacher | random
+    init_embeddings: str = "teacher"  # teacher (input embeddings, PCA) | outputs (per-token outputs) | random
+    token_weights: bool = False  # static (or cnn with static_path): a learnt weight per token, SIF-initialised
+    kernel_sizes: list[int] | None = None  # cnn: convolution widths; None: 3, 5, 7
+    static_path: bool = False  # cnn: add a static path (started from the token outputs) beside the convolutions
+    sif: float = 1e-3  # SIF's a in a / (a + p(token)); 0: no SIF (weights start at 1)
     # optimisation
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3
+    emb_lr: float | None = None  # the token embeddings' (and weights') peak rate; None: lr
     min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
     warmup_steps: int | None = None  # None: 5% of the steps, at most 1000
     decay: str = "cosine"  # cosine | linear | constant
     weight_decay: float = 0.01  # AdamW, on weight matrices other than the embedding
     grad_clip: float = 1.0  # 0: off
     sparse_embeddings: str = "auto"  # yes: SparseAdam on the embedding; auto: yes on CPU
-    loss: str = "mse"  # mse (the paper's) | cosine | contrastive (in-batch InfoNCE)
-    temperature: float = 0.05  # contrastive only
+    loss: str = "mse"  # mse (the paper's) | cosine | contrastive | relational, or several joined by '+'
+    temperature: float = 0.05  # contrastive and relational
     # run
     seed: int = 0
     device: str = "cpu"
@@ -81,14 +96,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise a one-line CacheError naming the first bad flag."""
-        choices = {"arch": ("bilstm", "cnn", "static"), "init_embeddings": ("teacher", "random"),
-                   "loss": ("mse", "cosine", "contrastive"), "decay": ("cosine", "linear", "constant"),
+        choices = {"arch": ("bilstm", "cnn", "static"), "init_embeddings": ("teacher", "outputs", "random"),
+                   "decay": ("cosine", "linear", "constant"),
                    "sparse_embeddings": ("auto", "yes", "no"), "precision": ("auto", "fp32", "bf16", "fp16")}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise CacheError(f"--{name.replace('_', '-')} {value}: choose one of {', '.join(allowed)}")
-        minimum = {"epochs": 1, "batch_size": 2 if self.loss == "contrastive" else 1, "max_rows": 1, "val_rows": 0,
+        try:
+            losses = parse_loss(self.loss)
+        except ValueError as exc:
+            raise CacheError(str(exc)) from None
+        in_batch = {"contrastive", "relational"} & set(losses)
+        minimum = {"epochs": 1, "batch_size": 2 if in_batch else 1, "max_rows": 1, "val_rows": 0,
                    "buffer_size": 1, "pool_batches": 1, "num_workers": 0, "layers": 1, "eval_every": 0,
                    "checkpoint_every": 0, "max_steps": 1, "warmup_steps": 0, "emb_dim": 1, "hidden": 1,
                    "max_length": 2}
@@ -96,10 +116,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise CacheError(f"--{name.replace('_', '-')} {value}: must be at least {low}")
-        for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
+        for name in ("lr", "temperature", "emb_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise CacheError(f"--{name} {getattr(self, name)}: must be positive")
-        for name in ("weight_decay", "grad_clip"):
+        has_static = self.arch == "static" or (self.arch == "cnn" and self.static_path)
+        if self.token_weights and not has_static:
+            raise CacheError(f"--token-weights: static students (or --arch cnn --static-path) only, not --arch "
+                             f"{self.arch}")
+        if self.static_path and self.arch != "cnn":
+            raise CacheError(f"--static-path: --arch cnn only, not {self.arch}")
+        for name in ("weight_decay", "grad_clip", "sif"):
             if not getattr(self, name) >= 0:
                 raise CacheError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -145,16 +171,6 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return low + coeff * (cfg.lr - low)
 
 
-def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
-    """MSE to the teacher vectors, 1 - cosine, or in-batch InfoNCE (each teacher vector is its row's positive)."""
-    if kind == "mse":
-        return F.mse_loss(pred, target)
-    if kind == "cosine":
-        return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
-    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(pred), device=pred.device))
-
-
 def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
     """Scale all gradients (sparse ones included) so their joint norm is at most max_norm; return the norm."""
     for p in parameters:
@@ -170,35 +186,44 @@ def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> flo
 
 
 def make_optimizers(student: Student, cfg: TrainConfig, sparse: bool) -> list[torch.optim.Optimizer]:
-    """AdamW for the dense weights (decay on matrices); the embedding in SparseAdam when sparse."""
-    embedding = student.encoder.embedding.weight
-    others = [p for p in student.parameters() if p is not embedding]
-    groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0}]
+    """AdamW for the dense weights (decay on matrices); the token tables (SparseAdam when sparse) at emb_lr.
+
+    Every group remembers its peak rate as 'peak_lr'; the schedule scales it.
+    """
+    tables = [m.weight for m in student.encoder.modules() if isinstance(m, torch.nn.Embedding)]
+    others = [p for p in student.parameters() if all(p is not t for t in tables)]
+    emb_lr = cfg.emb_lr or cfg.lr
+    groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
+              {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0, "peak_lr": cfg.lr}]
     if sparse:
-        return [torch.optim.AdamW(groups, lr=cfg.lr), torch.optim.SparseAdam([embedding], lr=cfg.lr)]
-    return [torch.optim.AdamW(groups + [{"params": [embedding], "weight_decay": 0.0}], lr=cfg.lr)]
+        return [torch.optim.AdamW(groups, lr=cfg.lr), torch.optim.SparseAdam(tables, lr=emb_lr)]
+    return [torch.optim.AdamW(groups + [{"params": tables, "weight_decay": 0.0, "peak_lr": emb_lr}], lr=cfg.lr)]
 
 
 @contextmanager
 def deferred_interrupt():
-    """A first Ctrl-C only sets flag['hit'] (the loop checkpoints at the next step); a second one interrupts."""
-    flag = {"hit": False}
+    """A first Ctrl-C or SIGTERM only sets flag['hit'] (the loop checkpoints at the next step); a second interrupts.
+
+    SIGTERM is what Docker, Kubernetes and Slurm send before they kill: it is handled as Ctrl-C is, and
+    flag['signal'] remembers which one came (the CLI then exits 143 instead of 130).
+    """
+    flag = {"hit": False, "signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
-        """First Ctrl-C: ask for a checkpoint; second: interrupt now."""
+        """First signal: ask for a checkpoint; second: interrupt now."""
         if flag["hit"]:
-            raise KeyboardInterrupt
-        flag["hit"] = True
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        flag["hit"], flag["signal"] = True, signum
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizers: list, scaler, cfg: TrainConfig,
@@ -236,6 +261,11 @@ def log(cfg: TrainConfig, message: str) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) a student as `cfg` says; return the metrics. Writes the student folder when done."""
+    with hold_output(cfg.out, cfg.shards):  # one writer per --out: a second run is refused, naming this one
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict:
     # ---- check everything before writing anything --------------------------------------------------------------
     cfg.validate()
     ddp = distributed.setup(resolve_device(cfg.device))  # several processes only when launched by torchrun
@@ -258,16 +288,18 @@ def train(cfg: TrainConfig) -> dict:
     m = cache.manifest
     scfg = StudentConfig(arch=cfg.arch, vocab_size=vocab, emb_dim=cfg.emb_dim, hidden=cfg.hidden, layers=cfg.layers,
                          pooling=cfg.pooling, out_dim=cache.dim, max_length=max_length, dropout=cfg.dropout,
+                         token_weights=cfg.token_weights, static_path=cfg.static_path,
+                         **({"kernel_sizes": list(cfg.kernel_sizes)} if cfg.kernel_sizes else {}),
                          teacher={"name": m.teacher, "hash": m.teacher_hash, "column": column,
                                   "pooling": m.columns.get(column), "normalized": m.normalize})
     cache_info = {"path": str(cfg.shards), "teacher": m.teacher, "teacher_hash": m.teacher_hash, "dim": m.dim,
                   "corpus_fingerprint": m.corpus_fingerprint, "rows": len(cache),
-                  "target_pooling": m.columns.get(column)}
+                  "fingerprint": m.content_fingerprint(), "target_pooling": m.columns.get(column)}
     resolved = {"target_column": column, "val_rows": val_rows, "max_length": max_length, "emb_dim": scfg.emb_dim,
                 "hidden": scfg.hidden, "pooling": scfg.pooling}
     args = {**asdict(cfg), **resolved}
     settings = {k: v for k, v in args.items() if k not in RUN_ONLY} | {
-        "cache": {k: cache_info[k] for k in ("teacher_hash", "corpus_fingerprint", "rows")}}
+        "cache": {k: cache_info[k] for k in ("teacher_hash", "corpus_fingerprint", "rows", "fingerprint")}}
     check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)
     state = load_checkpoint(cfg.out, settings) if cfg.resume else None
     distributed.check_world_size(state, ddp, cfg.out)
@@ -277,6 +309,19 @@ def train(cfg: TrainConfig) -> dict:
     student = Student(scfg, tokenizer_files)
     if state is None and cfg.init_embeddings == "teacher":
         init_from_teacher(student.encoder, cache.token_embeddings())
+    elif state is None and cfg.init_embeddings == "outputs":
+        outputs = cache.token_outputs()
+        if outputs is None:
+            raise CacheError(f"--init-embeddings outputs: {cfg.shards} carries no token outputs; rerun its "
+                             "`tc encode` command (it adds them to a complete cache) or use teacher")
+        if cfg.arch == "static" or cfg.static_path:
+            weights = None
+            if cfg.sif > 0:
+                sample = cache.texts(np.arange(min(n_rows, 200_000)))  # enough rows for stable frequencies
+                weights = sif_weights(token_frequencies(student.tokenizer.ids(sample), vocab), cfg.sif)
+            init_from_outputs(student.encoder, outputs, weights)
+        else:
+            init_from_teacher(student.encoder, outputs)  # PCA-projected rows, as for the input embeddings
     sparse = state["sparse"] if state else cfg.sparse_embeddings == "yes" or (
         cfg.sparse_embeddings == "auto" and device.type == "cpu")
     student.set_sparse(sparse)
@@ -350,10 +395,10 @@ def train(cfg: TrainConfig) -> dict:
             dataset.set_epoch(epoch, skip_batches=batches_done)
             batches = iter(loader) if cfg.num_workers == 0 else islice(iter(loader), batches_done, None)
             for batch in islice(batches, max(0, len_epoch - batches_done)):
-                lr = lr_at(step, total_steps, warmup, cfg)
+                factor = lr_at(step, total_steps, warmup, cfg) / cfg.lr
                 for opt in optimizers:
                     for group in opt.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = group.get("peak_lr", cfg.emb_lr or cfg.lr) * factor
                 loss = float(train_step(model, batch, optimizers, scaler, cfg, amp))
                 if trace_ids:
                     trace_ids(batch.ids)
@@ -369,9 +414,10 @@ def train(cfg: TrainConfig) -> dict:
                     checkpoint()
                     progress.close()
                     if interrupted["hit"]:
-                        log(cfg, f"interrupted at step {step:,}: checkpoint saved in {Path(cfg.out) / 'checkpoint'}; "
-                                 "rerun with --resume to continue")
-                        raise KeyboardInterrupt
+                        term = interrupted["signal"] == signal.SIGTERM
+                        log(cfg, f"{'terminated (SIGTERM)' if term else 'interrupted'} at step {step:,}: checkpoint "
+                                 f"saved in {Path(cfg.out) / 'checkpoint'}; rerun with --resume to continue")
+                        raise Terminated if term else KeyboardInterrupt
                     log(cfg, f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue")
                     return {"stopped": True, "step": step, "rows_seen": rows_seen, "history": history}
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
 import hashlib
+import io
+import json
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from teacher_cache.bundled import bundled_data
 from teacher_cache.errors import CorpusError
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".tsv.gz")
 TABLE_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".parquet", ".csv", ".csv.gz", ".tsv")
 BAD_UTF8_MODES = ("replace", "skip", "error")
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "sample_corpus.txt"
+DEFAULT_CORPUS = bundled_data("sample_corpus.txt")
 
 
 @dataclass
@@ -26,6 +31,9 @@ class CorpusStats:
     bad_utf8_lines: list[str] = field(default_factory=list)  # "file:line" of each, first 20 kept
     bad_utf8_count: int = 0
     truncated_lines: int = 0
+    missing_text: int = 0  # table rows whose text column is null or absent (a JSONL line without the key)
+    ragged_rows: list[str] = field(default_factory=list)  # "file:line" of CSV rows with another field count
+    ragged_count: int = 0
 
 
 def resolve_corpus(specs: list[str], text_column: str | None = None) -> list[Path]:
@@ -89,9 +97,12 @@ def iter_corpus(files: list[Path], text_column: str | None = None, bad_utf8: str
         raise CorpusError(f"--bad-utf8 {bad_utf8!r}: choose one of {', '.join(BAD_UTF8_MODES)}")
     stats = stats if stats is not None else CorpusStats()
     for path in files:
-        rows = _iter_table(path, text_column) if is_table(path) else _iter_lines(path, bad_utf8, stats)
+        rows = _iter_table(path, text_column, stats) if is_table(path) else _iter_lines(path, bad_utf8, stats)
         for text in rows:
-            text = text.strip() if text is not None else ""
+            if text is None:
+                stats.missing_text += 1
+                continue
+            text = text.strip()
             if not text:
                 stats.blank_lines += 1
                 continue
@@ -120,13 +131,65 @@ def _iter_lines(path: Path, bad_utf8: str, stats: CorpusStats) -> Iterator[str]:
                         stats.bad_utf8_lines.append(where)
                     if bad_utf8 == "replace":
                         yield raw.decode("utf-8", errors="replace")
-    except (gzip.BadGzipFile, EOFError) as exc:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise CorpusError(f"{path}: not a readable gzip file ({exc})") from None
     except PermissionError:
         raise CorpusError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _iter_table(path: Path, text_column: str | None, batch_rows: int = 50_000) -> Iterator[str]:
+def _table_error(path: Path, kind: str, exc: Exception, during: str) -> CorpusError:
+    """A one-line error for an unreadable table; for JSONL, the file:line of the first line that is not JSON."""
+    if kind == "jsonl":
+        located = first_bad_json_line(path)
+        if located:
+            return CorpusError(located)
+    return CorpusError(f"{path}: {during} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+
+
+def first_bad_json_line(path: Path) -> str | None:
+    """'file:line: not a JSON object (...)' for the first line of a JSONL file that does not parse, else None."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    value = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    return f"{path}:{lineno}: not valid JSON ({detail})"
+                if not isinstance(value, dict):
+                    return f"{path}:{lineno}: not a JSON object (a {type(value).__name__})"
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None
+
+
+def ragged_csv_rows(path: Path, separator: str, stats: CorpusStats) -> None:
+    """Count CSV rows whose field count differs from the header's (polars reads them silently), with file:line."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as raw:
+            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""),
+                                delimiter=separator, quotechar='"')
+            width, line = None, 1
+            for row in reader:
+                if width is None:
+                    width = len(row)
+                elif row and len(row) != width:
+                    stats.ragged_count += 1
+                    if len(stats.ragged_rows) < 20:
+                        stats.ragged_rows.append(f"{path}:{line} ({len(row)} fields, header {width})")
+                line = reader.line_num + 1
+    except (OSError, EOFError, zlib.error, csv.Error):
+        return  # the polars reader reports an unreadable file in one line
+
+
+def _iter_table(path: Path, text_column: str | None, stats: CorpusStats | None = None,
+                batch_rows: int = 50_000) -> Iterator[str | None]:
     import polars as pl
 
     kind = table_kind(path)
@@ -140,15 +203,17 @@ def _iter_table(path: Path, text_column: str | None, batch_rows: int = 50_000) -
             lazy = pl.scan_csv(path, separator=sep, quote_char='"', infer_schema=False)
         names = lazy.collect_schema().names()
     except Exception as exc:  # polars raises many types for unreadable files
-        raise CorpusError(f"{path}: cannot read as {kind} ({str(exc).splitlines()[0]})") from None
+        raise _table_error(path, kind, exc, f"cannot read as {kind}") from None
     if text_column not in names:
         raise CorpusError(f"{path}: --text-column {text_column!r} not found; columns are {names}")
+    if kind == "csv" and stats is not None:
+        ragged_csv_rows(path, sep, stats)
     column = lazy.select(pl.col(text_column).cast(pl.String))
     try:
         for frame in column.collect_batches(chunk_size=batch_rows):
             yield from frame.get_column(text_column).to_list()
     except Exception as exc:
-        raise CorpusError(f"{path}: error while reading ({str(exc).splitlines()[0]})") from None
+        raise _table_error(path, kind, exc, "error while reading") from None
 
 
 def warn(message: str) -> None:

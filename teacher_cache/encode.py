@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import itertools
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -16,6 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from teacher_cache.cache_files import (  # noqa: F401  (wipe_cache, remove_strays: also used by logits and ray)
+    OWN_FILES,
+    has_cache,
+    load_old,
+    other_files,
+    recheck,
+    record_files,
+    remove_strays,
+    wipe_cache,
+)
 from teacher_cache.corpus import (
     DEFAULT_CORPUS,
     CorpusStats,
@@ -25,6 +35,7 @@ from teacher_cache.corpus import (
     resolve_corpus,
 )
 from teacher_cache.errors import CacheError, CacheMismatchError, CorpusError
+from teacher_cache.lock import FolderLock
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo, embedding_column
 from teacher_cache.progress import Progress
 from teacher_cache.shards import FORMATS, ShardRows, ShardWriter
@@ -37,6 +48,7 @@ from teacher_cache.teacher import (
     load_teacher,
     pool,
 )
+from teacher_cache.token_outputs import TOKEN_OUTPUTS_FILE, save_token_outputs
 
 DTYPES = ("float32", "float16")
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -179,7 +191,14 @@ class BatchEncoder:
 
 
 def count_rows(files: list[Path]) -> int | None:
-    """Line/row count for the ETA (blank lines included); None where it is not cheap to know."""
+    """Line/row count for the ETA (blank lines included); None where it is not cheap to know or not readable."""
+    try:
+        return _count_rows(files)
+    except Exception:  # a corrupt file: the reader itself reports it, in one line, with its name
+        return None
+
+
+def _count_rows(files: list[Path]) -> int:
     total = 0
     for path in files:
         if path.name.endswith(".parquet"):
@@ -236,41 +255,31 @@ def chunked(rows: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-OWN_FILES = ("shard-*.arrow", "shard-*.h5", "shard-*.tmp", "manifest.json", "manifest.json.tmp",
-             "token_embeddings.safetensors")
-
-
-def wipe_cache(out: Path) -> None:
-    """Remove the files a cache consists of (and nothing else) before a --force rerun."""
-    for pattern in OWN_FILES:
-        for path in out.glob(pattern):
-            path.unlink()
-    shutil.rmtree(out / "tokenizer", ignore_errors=True)
-
-
-def remove_strays(out: Path, manifest: CacheManifest) -> None:
-    """Delete partial shards and shards the manifest does not list (left by a killed run)."""
-    listed = {s.file for s in manifest.shards}
-    for pattern in ("shard-*.tmp", "shard-*.arrow", "shard-*.h5", "*.tmp"):
-        for path in out.glob(pattern):
-            if path.name not in listed:
-                path.unlink()
-    for info in manifest.shards:
-        if not (out / info.file).exists():
-            raise CacheError(f"{out / info.file}: listed in the manifest but missing; rerun with --force")
-
-
 def save_teacher_files(teacher: Teacher, out: Path) -> None:
     """Tokenizer files and the (float16) token-embedding matrix, so students need no teacher weights."""
     from safetensors.numpy import save_file
 
-    if not (out / "tokenizer" / "tokenizer.json").exists():
-        teacher.save_tokenizer(out / "tokenizer")
-    target = out / "token_embeddings.safetensors"
-    if not target.exists():
-        tmp = out / "token_embeddings.safetensors.tmp"
-        save_file({"token_embeddings": teacher.token_embedding_matrix().astype(np.float16)}, str(tmp))
-        tmp.replace(target)
+    target = out / "tokenizer"
+    tmp = out / "token_embeddings.safetensors.tmp"
+    try:
+        if not (out / "tokenizer" / "tokenizer.json").exists():
+            teacher.save_tokenizer(out / "tokenizer")
+        target = out / "token_embeddings.safetensors"
+        if not target.exists():
+            save_file({"token_embeddings": teacher.token_embedding_matrix().astype(np.float16)}, str(tmp))
+            tmp.replace(target)
+    except Exception as exc:  # OSError, or safetensors' own error type for a full disk
+        raise write_error(target, exc, tmp) from None
+
+
+def write_error(target: Path, exc: Exception, tmp: Path | None = None) -> CacheError:
+    """The one-line error for a file that could not be written (the partial file removed)."""
+    if tmp is not None:
+        tmp.unlink(missing_ok=True)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in first
+    reason = "no space left on device" if full else (getattr(exc, "strerror", None) or first)[:200]
+    return CacheError(f"{target}: cannot write ({reason}); complete shards are kept: fix this and rerun to resume")
 
 
 def make_output_dir(out: Path) -> None:
@@ -320,6 +329,35 @@ class EncodeRun:
     chunks: Iterator[list[str]] | None  # None when the cache was already complete
     done_rows: int = 0
     timing: dict = field(default_factory=lambda: {"encode_s": 0.0, "write_s": 0.0, "rows": 0})
+    lock: FolderLock | None = None  # held from start_encode until close(): one writer per folder
+    replacing: CacheManifest | bool = False  # --force over a cache: kept until the first new shard is ready
+    started: bool = False  # True once this run has written into `out`
+
+    def begin_writing(self) -> None:
+        """Start writing into `out`: replace the old cache (--force), write the teacher files and the manifest."""
+        if self.started:
+            return
+        if self.replacing is not False:
+            wipe_cache(self.out, self.replacing if isinstance(self.replacing, CacheManifest) else None)
+            self.replacing = False
+        if not self.manifest.shards and "other_files" not in self.manifest.extra:
+            self.manifest.extra["other_files"] = other_files(self.out)  # the user's files, not the cache's
+        save_teacher_files(self.teacher, self.out)
+        record_files(self.out, self.manifest)
+        self.manifest.save(self.out)  # from here on, a killed run can be resumed
+        self.started = True
+
+    def close(self) -> None:
+        """Release the folder lock (the run's files stay as they are)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> EncodeRun:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def already_complete(self) -> bool:
@@ -335,7 +373,8 @@ class EncodeRun:
     def set_precision(self, precision: str) -> None:
         """Record the resolved precision in the manifest (saved) before the first shard is written."""
         self.precision = self.manifest.precision = precision
-        self.manifest.save(self.out)
+        if self.started:  # a --force run saves nothing before its first shard: the old cache stays whole until then
+            self.manifest.save(self.out)
 
     def commit(self, texts: list[str], vectors: dict[str, np.ndarray], n_tokens: np.ndarray,
                extra: dict[str, np.ndarray] | None = None) -> None:
@@ -344,13 +383,14 @@ class EncodeRun:
         rows = ShardRows(ids=np.arange(start, start + len(texts), dtype=np.int64), texts=texts,
                          vectors={embedding_column(p, i): vectors[p] for i, p in enumerate(self.poolings)},
                          n_tokens=np.asarray(n_tokens, dtype=np.int32), extra=extra)
+        self.begin_writing()
         started = time.perf_counter()
         path, checksum = ShardWriter(self.out, self.cfg.format, self.cfg.dtype).write(index, rows)
         self.timing["write_s"] += time.perf_counter() - started
         self.timing["rows"] += len(texts)
         self.manifest.shards.append(ShardInfo(file=path.name, rows=len(texts), id_start=start,
                                               id_end=start + len(texts) - 1, sha256=checksum,
-                                              n_tokens=int(rows.n_tokens.sum())))
+                                              n_tokens=int(rows.n_tokens.sum()), bytes=path.stat().st_size))
         self.manifest.save(self.out)
         self.done_rows += len(texts)
 
@@ -358,10 +398,15 @@ class EncodeRun:
         """Mark the manifest complete (with corpus statistics and timings) and report what was skipped."""
         manifest, stats = self.manifest, self.stats
         manifest.precision = manifest.precision if manifest.precision != "auto" else "fp32"
-        manifest.skipped_rows = stats.blank_lines + (stats.bad_utf8_count if self.cfg.bad_utf8 == "skip" else 0)
+        self.begin_writing()
+        manifest.skipped_rows = stats.blank_lines + stats.missing_text + (
+            stats.bad_utf8_count if self.cfg.bad_utf8 == "skip" else 0)
         manifest.extra["corpus_stats"] = {"blank_lines": stats.blank_lines, "bad_utf8_lines": stats.bad_utf8_count,
-                                          "truncated_lines": stats.truncated_lines}
+                                          "truncated_lines": stats.truncated_lines,
+                                          "missing_text_rows": stats.missing_text, "ragged_rows": stats.ragged_count}
         manifest.extra["last_run"] = {**{k: round(v, 3) for k, v in self.timing.items()}, **run_info}
+        save_token_outputs(self.teacher, self.out)  # before the manifest says complete: a crash here resumes
+        record_files(self.out, manifest)  # the checksum of every file written since the manifest was begun
         manifest.complete = True
         manifest.save(self.out)
         report_stats(self.cfg, stats)
@@ -377,10 +422,23 @@ def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
     validate(cfg)
     files = resolve_corpus(cfg.corpus, cfg.text_column)
     out = Path(cfg.out)
+    lock = FolderLock(out, "tc encode").acquire()  # before anything in `out` is read: one writer at a time
+    try:
+        run = _start_encode(cfg, files, out, device)
+    except BaseException:
+        lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str | None) -> EncodeRun:
     existing = None if cfg.force else prepare_output(out)
-    if cfg.force:
-        make_output_dir(out)
+    replacing = (load_old(out) or True) if cfg.force and has_cache(out) else False
     teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.online)
+    if cfg.max_length > teacher.max_position:
+        log(cfg, f"warning: --max-length {cfg.max_length}: the teacher reads at most {teacher.max_position} "
+                 f"word-pieces; using {teacher.max_position}")
     poolings = cfg.pooling or [teacher.st_config.get("pooling", "mean")]
     normalize = cfg.normalize if cfg.normalize is not None else teacher.st_config.get("normalize", False)
     max_length = min(cfg.max_length, teacher.max_position)
@@ -396,7 +454,8 @@ def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
         columns={embedding_column(p, i): p for i, p in enumerate(poolings)})
     manifest.extra["max_rows"] = cfg.max_rows
     run = EncodeRun(cfg=cfg, files=files, out=out, teacher=teacher, poolings=poolings, normalize=bool(normalize),
-                    max_length=max_length, precision=precision, manifest=manifest, stats=CorpusStats(), chunks=None)
+                    max_length=max_length, precision=precision, manifest=manifest, stats=CorpusStats(), chunks=None,
+                    replacing=replacing)
     if existing is not None:
         diffs = manifest.differences(existing)
         if existing.extra.get("max_rows") != cfg.max_rows:
@@ -404,14 +463,20 @@ def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
         if diffs:
             raise CacheMismatchError(f"--out {out}: holds a cache made with other settings ({'; '.join(diffs)}); "
                                      "use --force to start afresh")
+        for note in recheck(out, existing):  # re-read every kept shard and file: a resume trusts nothing on disk
+            print(f"warning: {note}", file=sys.stderr)
         if existing.complete:
-            log(cfg, f"{out}: cache already complete ({existing.rows:,} rows); nothing to do")
+            if save_token_outputs(teacher, out):
+                log(cfg, f"{out}: added the teacher's per-token outputs ({TOKEN_OUTPUTS_FILE})")
+                record_files(out, existing)
+                existing.save(out)
+            log(cfg, f"{out}: cache already complete ({existing.rows:,} rows, checksums match); nothing to do")
             run.manifest = existing
             return run
-        manifest.shards, manifest.created = existing.shards, existing.created
+        manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files
+        if "other_files" in existing.extra:
+            manifest.extra["other_files"] = existing.extra["other_files"]
         remove_strays(out, manifest)
-    elif cfg.force:
-        wipe_cache(out)
     rows_iter = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=run.stats)
     if cfg.max_rows:
         rows_iter = itertools.islice(rows_iter, cfg.max_rows)
@@ -420,9 +485,9 @@ def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
     first = next(rows_iter, None)
     if first is None and run.done_rows == 0:
         raise CorpusError(f"--corpus {', '.join(map(str, files))}: no non-blank line to encode")
-    save_teacher_files(teacher, out)
     run.chunks = chunked(itertools.chain([first] if first is not None else [], rows_iter), cfg.shard_size)
-    manifest.save(out)  # from here on, a killed run can be resumed
+    if not run.replacing:
+        run.begin_writing()  # a --force run begins at its first shard, so a failure before that keeps the old cache
     if run.done_rows:
         log(cfg, f"resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows)")
     return run
@@ -430,9 +495,13 @@ def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
 
 def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
     """Encode the corpus into a complete cache at cfg.out, resuming after the last complete shard."""
-    run = start_encode(cfg)
-    if run.already_complete:
-        return run.manifest
+    with start_encode(cfg) as run:  # holds the folder lock until the end, however it ends
+        return run.manifest if run.already_complete else encode_local(run)
+
+
+def encode_local(run: EncodeRun) -> CacheManifest:
+    """The local engine's loop: read and tokenise ahead, encode each shard, commit it, then finish the cache."""
+    cfg = run.cfg
     encoder = run.make_encoder()
     total = [None]
     threading.Thread(target=lambda: total.__setitem__(0, count_rows(run.files)), daemon=True).start()
@@ -473,6 +542,13 @@ def report_stats(cfg: EncodeConfig, stats: CorpusStats) -> None:
         log(cfg, f"warning: {action} {stats.bad_utf8_count:,} lines with invalid UTF-8 ({shown})")
     if stats.truncated_lines:
         log(cfg, f"warning: truncated {stats.truncated_lines:,} over-long lines to {cfg.max_length * 100:,} chars")
+    if stats.missing_text:
+        log(cfg, f"warning: skipped {stats.missing_text:,} rows with no {cfg.text_column!r} value (key missing or "
+                 "null); they are not counted as blank")
+    if stats.ragged_count:
+        shown = ", ".join(stats.ragged_rows[:5]) + (" ..." if stats.ragged_count > 5 else "")
+        log(cfg, f"warning: {stats.ragged_count:,} CSV rows have another number of fields than the header (an "
+                 f"unquoted separator?); their {cfg.text_column!r} value may be cut or shifted: {shown}")
 
 
 def teacher_encoder(name_or_path: str | None = None, device: str = "cpu", precision: str = "auto",

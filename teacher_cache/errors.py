@@ -15,3 +15,12 @@ class CacheMismatchError(CacheError):
 
 class CacheIntegrityError(CacheError):
     """A shard does not match what the manifest says about it."""
+
+
+class Terminated(BaseException):
+    """A SIGTERM handled like Ctrl-C (work saved first); the CLI exits with 143 (128 + SIGTERM).
+
+    Not a KeyboardInterrupt, which typer turns into exit code 130 on its way out.
+    """
+
+    exit_code = 143

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teacher_cache.encode import make_output_dir, prepare_output, remove_strays, wipe_cache
+from teacher_cache.cache_files import has_cache, load_old, other_files, recheck, record_files, remove_strays, wipe_cache
+from teacher_cache.encode import prepare_output
 from teacher_cache.errors import CacheError, CacheMismatchError
+from teacher_cache.lock import FolderLock
 from teacher_cache.manifest import CacheManifest, ShardInfo
 from teacher_cache.progress import Progress
 from teacher_cache.shards import ShardRows, ShardWriter
@@ -61,10 +63,14 @@ def write_logits_cache(out: str | Path, rows: list[str], compute: LogitFn, manif
     out = Path(out)
     if not rows:
         raise CacheError("no rows to cache logits for")
+    with FolderLock(out, "tc cache-logits"):  # one writer per folder
+        return _write_logits_cache(out, rows, compute, manifest, force, quiet)
+
+
+def _write_logits_cache(out: Path, rows: list[str], compute: LogitFn, manifest: CacheManifest, force: bool,
+                        quiet: bool) -> CacheManifest:
     existing = None if force else prepare_output(out)
-    if force:
-        make_output_dir(out)
-        wipe_cache(out)
+    replacing = (load_old(out) or True) if force and has_cache(out) else False  # kept until the first shard
     if existing is not None:
         diffs = manifest.differences(existing)
         for key in ("kind", "dim"):
@@ -75,14 +81,20 @@ def write_logits_cache(out: str | Path, rows: list[str], compute: LogitFn, manif
         if diffs:
             raise CacheMismatchError(f"--out {out}: holds a cache made with other settings ({'; '.join(diffs)}); "
                                      "use --force to start afresh")
+        for note in recheck(out, existing):  # a resume re-reads every shard it keeps
+            print(f"warning: {note}", file=sys.stderr)
         if existing.complete:
             if not quiet:
                 print(f"{out}: logits cache already complete ({existing.rows:,} rows); nothing to do", file=sys.stderr)
             return existing
-        manifest.shards, manifest.created = existing.shards, existing.created
+        manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files
+        manifest.extra["other_files"] = existing.extra.get("other_files", [])
         remove_strays(out, manifest)
+    else:
+        manifest.extra["other_files"] = [] if replacing else other_files(out)
     done = sum(s.rows for s in manifest.shards)
-    manifest.save(out)
+    if not replacing:
+        manifest.save(out)
     writer = ShardWriter(out, "arrow", "float32")
     progress = Progress("logits", len(rows), quiet=quiet, start=done)
     for index in range(len(manifest.shards), (len(rows) + manifest.shard_size - 1) // manifest.shard_size):
@@ -92,13 +104,17 @@ def write_logits_cache(out: str | Path, rows: list[str], compute: LogitFn, manif
             raise CacheError(f"the teacher gave logits of shape {logits.shape}, expected {(len(chunk), manifest.dim)}")
         shard = ShardRows(ids=np.arange(done, done + len(chunk), dtype=np.int64), texts=chunk, vectors={},
                           n_tokens=np.asarray(n_tokens, dtype=np.int32), extra={LOGITS_COLUMN: logits})
+        if replacing is not False:  # --force: the old cache goes only now that the new one has its first shard
+            wipe_cache(out, replacing if isinstance(replacing, CacheManifest) else None)
+            manifest.extra["other_files"], replacing = other_files(out), False
         path, checksum = writer.write(index, shard)
         manifest.shards.append(ShardInfo(file=path.name, rows=len(chunk), id_start=done, id_end=done + len(chunk) - 1,
-                                         sha256=checksum, n_tokens=int(np.sum(n_tokens))))
+                                         sha256=checksum, n_tokens=int(np.sum(n_tokens)), bytes=path.stat().st_size))
         manifest.save(out)
         done += len(chunk)
         progress.update(len(chunk))
     progress.close()
+    record_files(out, manifest)
     manifest.complete = True
     manifest.save(out)
     return manifest

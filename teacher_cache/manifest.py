@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import time
@@ -27,6 +29,7 @@ class ShardInfo:
     id_end: int  # inclusive
     sha256: str
     n_tokens: int = 0
+    bytes: int = 0  # file size; 0 in caches written before sizes were recorded
 
 
 @dataclass
@@ -54,6 +57,8 @@ class CacheManifest:
     tokenizer_dir: str | None = "tokenizer"
     token_embeddings_file: str | None = "token_embeddings.safetensors"
     kind: str = "embeddings"
+    # every other file of the cache (tokenizer/*, token_embeddings.safetensors, ...): relative path -> sha256, bytes
+    files: dict[str, dict] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     created: str = ""
     updated: str = ""
@@ -67,6 +72,15 @@ class CacheManifest:
         """Name each identity setting that differs between two manifests, as 'key: ours != theirs'."""
         mine, theirs = self.identity(), other.identity()
         return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in IDENTITY_KEYS if mine[k] != theirs[k]]
+
+    def content_fingerprint(self) -> str:
+        """sha256 over every shard (name, rows, checksum) and recorded file: equal only for the same cache content."""
+        digest = hashlib.sha256()
+        for s in self.shards:
+            digest.update(f"{s.file}:{s.rows}:{s.id_start}:{s.sha256}\n".encode())
+        for name in sorted(self.files):
+            digest.update(f"{name}:{self.files[name].get('sha256')}\n".encode())
+        return digest.hexdigest()[:32]
 
     @property
     def embedding_columns(self) -> list[str]:
@@ -82,7 +96,8 @@ class CacheManifest:
         """Build a manifest from its JSON form, tolerating keys written by newer versions."""
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["shards"] = [ShardInfo(**s) for s in data.get("shards", [])]
+        keys = set(ShardInfo.__dataclass_fields__)
+        kwargs["shards"] = [ShardInfo(**{k: v for k, v in s.items() if k in keys}) for s in data.get("shards", [])]
         return cls(**kwargs)
 
     def save(self, directory: str | Path) -> None:
@@ -122,8 +137,13 @@ def embedding_column(pooling: str, index: int) -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text to path so that readers see either the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise CacheError(f"{path}: cannot write ({reason}); the previous version is kept") from None

@@ -171,16 +171,17 @@ def encode_corpus_ray(cfg: EncodeConfig, options: RayOptions) -> CacheManifest:
     ray = import_ray()
     device = check_options(cfg, options)
     run = start_encode(cfg, device="cpu")  # the driver's teacher only names, hashes and exports the tokenizer
-    if run.already_complete:
-        return run.manifest
-    started_ray = connect(ray, options, cfg.quiet)
-    try:
-        return drive(ray, run, options, device)
-    except ray.exceptions.RayError as exc:
-        raise ray_error(ray, exc) from None
-    finally:
-        if started_ray:
-            ray.shutdown()
+    with run:  # the driver holds the folder lock until the end
+        if run.already_complete:
+            return run.manifest
+        started_ray = connect(ray, options, cfg.quiet)
+        try:
+            return drive(ray, run, options, device)
+        except ray.exceptions.RayError as exc:
+            raise ray_error(ray, exc) from None
+        finally:
+            if started_ray:
+                ray.shutdown()
 
 
 def start_workers(ray, run: EncodeRun, options: RayOptions, device: str) -> list:

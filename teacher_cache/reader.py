@@ -32,8 +32,14 @@ class TeacherCache:
         self.directory = Path(directory)
         self.manifest = CacheManifest.load(self.directory)
         if not self.manifest.complete and not allow_partial:
-            raise CacheError(f"{self.directory}: the cache is incomplete (an encode was interrupted); "
-                             "rerun the same `tc encode` command to finish it")
+            from teacher_cache.lock import holder
+
+            writer = holder(self.directory)
+            if writer:
+                raise CacheError(f"{self.directory}: the cache is still being written (by {writer}); wait for it "
+                                 "to finish")
+            raise CacheError(f"{self.directory}: the cache is incomplete (being written, or an encode was "
+                             "interrupted); rerun the same `tc encode` command to finish it")
         if not self.manifest.shards:
             raise CacheError(f"{self.directory}: the cache holds no shard")
 
@@ -67,7 +73,20 @@ class TeacherCache:
         path = self.directory / (self.manifest.token_embeddings_file or "token_embeddings.safetensors")
         if not path.exists():
             raise CacheError(f"{path}: this cache carries no token-embedding matrix")
-        return load_file(str(path))["token_embeddings"].astype(np.float32)
+        try:
+            return load_file(str(path))["token_embeddings"].astype(np.float32)
+        except Exception as exc:  # a truncated or foreign file: one line naming it
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CacheIntegrityError(f"{path}: unreadable ({first[:200]}); run `tc verify`") from None
+
+    def token_outputs(self) -> np.ndarray | None:
+        """The teacher's output vector for each vocabulary token (vocab x dim, float32), or None when not cached."""
+        from safetensors.numpy import load_file
+
+        from teacher_cache.token_outputs import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY
+
+        path = self.directory / TOKEN_OUTPUTS_FILE
+        return load_file(str(path))[TOKEN_OUTPUTS_KEY].astype(np.float32) if path.exists() else None
 
     def vector_column(self, column: str | None) -> str:
         """Resolve a pooling name ('mean', 'cls') or column name to the stored column; None means the first."""
@@ -152,7 +171,9 @@ class TeacherCache:
         return pl.scan_ipc([str(p) for p in self.shard_paths])
 
     def verify(self) -> list[str]:
-        """Re-check every shard (file, checksum, rows, contiguous ids); return the problems, empty when sound."""
+        """Re-check every file (shards: checksum, rows, contiguous ids; the others: checksum); list the problems."""
+        from teacher_cache.cache_files import file_problem
+
         problems: list[str] = []
         expected_start = 0
         for info in self.manifest.shards:
@@ -162,6 +183,10 @@ class TeacherCache:
             expected_start = info.id_end + 1
             if not path.exists():
                 problems.append(f"{path}: missing")
+                continue
+            if info.bytes and path.stat().st_size != info.bytes:
+                problems.append(f"{path}: {path.stat().st_size:,} bytes, the manifest says {info.bytes:,} "
+                                "(truncated or changed)")
                 continue
             if sha256_file(path) != info.sha256:
                 problems.append(f"{path}: checksum mismatch (the file changed after it was written)")
@@ -176,6 +201,10 @@ class TeacherCache:
             elif len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end
                                    and np.all(np.diff(ids) == 1)):
                 problems.append(f"{path}: ids are not the contiguous range {info.id_start}..{info.id_end}")
+        for rel, record in self.manifest.files.items():
+            problem = file_problem(self.directory, rel, record)
+            if problem:
+                problems.append(problem)
         return problems
 
     def check(self) -> None:

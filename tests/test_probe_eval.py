@@ -188,3 +188,25 @@ def test_demo_runs_end_to_end_on_a_small_slice(tmp_path, capsys):
     assert "kNN@10 agreement" in out and "sentences/s on this machine" in out
     for path in ("cache/manifest.json", "student/model.safetensors", "probe/report.md", "summary.md"):
         assert (tmp_path / "demo" / path).exists()
+
+
+def test_neighbour_similarity_spearman_is_unbiased_and_matches_brute_force():
+    from scipy.stats import spearmanr
+
+    from pipeline.probe import neighbour_metrics
+
+    rng = np.random.default_rng(0)
+    db, queries = rng.normal(size=(2000, 16)).astype(np.float32), rng.normal(size=(20, 16)).astype(np.float32)
+    unrelated_db, unrelated_q = rng.normal(size=(2000, 16)).astype(np.float32), rng.normal(size=(20, 16))
+    top = np.argsort(-(queries @ db.T), axis=1)[:, :100]  # brute-force teacher top-100
+    same = neighbour_metrics(db, db, queries, queries, top, top, k=10, seed=3)
+    assert np.allclose(same["spearman"], 1.0)
+    s_top = np.argsort(-(unrelated_q @ unrelated_db.T), axis=1)[:, :100]
+    unrelated = neighbour_metrics(db, unrelated_db, queries, unrelated_q, top, s_top, k=10, seed=3)
+    # an unrelated student scores near 0 (the old union-of-top-k pairs made it clearly negative by construction)
+    assert abs(float(np.mean(unrelated["spearman"]))) < 0.1
+    pick = np.random.default_rng(3)
+    for q in range(len(queries)):
+        pairs = np.union1d(top[q], pick.choice(len(db), 100, replace=False))
+        expected = spearmanr(db[pairs] @ queries[q], unrelated_db[pairs] @ unrelated_q[q]).statistic
+        assert unrelated["spearman"][q] == pytest.approx(expected)

@@ -1,0 +1,40 @@
+"""`tc export`: a student folder -> a model2vec folder (static students) or an ONNX folder (any architecture)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def export(
+    model: Annotated[Path, typer.Option(help="Student folder (from tc train-student).")] = Path("student_out"),
+    to: Annotated[str, typer.Option("--to", help="model2vec (static students: one folded embedding matrix that "
+                                                 "model2vec's StaticModel loads) or onnx (every architecture, "
+                                                 "for student.OnnxStudent / onnxruntime).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder to write (written beside it first, renamed at the end).")] = None,
+    dtype: Annotated[str, typer.Option(help="Stored weights: float32, float16 or int8 (model2vec: int8 rows "
+                                            "with a scale per row; onnx: onnxruntime dynamic "
+                                            "quantisation).")] = "float32",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+) -> None:
+    """Export a student for where it is served: a model2vec folder or an ONNX graph, optionally quantised.
+
+    The exported model is checked against the torch student on sample sentences before the folder is renamed
+    into place; nothing half written is left behind.
+
+    Example: tc export --model student_out/ --to onnx --out student_onnx/
+
+    Example: tc export --model student_out/ --to model2vec --out student_m2v/ --dtype int8
+    """
+    from student.export import export_student
+    from teacher_cache.errors import CacheError
+
+    if not to:
+        raise CacheError("--to: choose model2vec or onnx")
+    if out is None:
+        raise CacheError("--out: name the folder to write")
+    result = export_student(model, to, out, dtype=dtype, force=force)
+    typer.echo(f"{result.out}: {result.format} ({result.dtype}), {result.bytes / 2**20:,.1f} MiB; cosine to the "
+               f"torch student >= {result.min_cosine:.6f} on the check sentences")
