@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import ROOT, append_results, machine
-from pipeline.teacher_finetune import cache_logits, finetune_teacher, load_finetuned_teacher
+from finetune.config import FinetuneConfig, LogitsConfig
+from finetune.students import finetune_student
+from finetune.task_data import load_split
+from finetune.task_model import load_task_model
+from finetune.tasks import TASKS, resolve_data_dir
+from finetune.teachers import cache_logits, finetune_teacher, load_finetuned_teacher
 from student import Student, StudentConfig
-from student.augment import AugmentConfig
-from student.finetune import FinetuneConfig, finetune_student
-from student.task_model import load_task_model
-from student.tasks import TASKS, load_split, resolve_data_dir
 from student.tokenizer import read_tokenizer_files
 
 ROWS = {"random": "(1) BiLSTM random init", "random_kd": "(2) BiLSTM random init + task KD",
@@ -107,8 +108,9 @@ def run_task(task: str, args: argparse.Namespace, random_dir: Path) -> dict[str,
                                         lr=args.teacher_lr, **base))
     teacher_s = time.perf_counter() - started
     log(f"[{task}] caching teacher logits")
-    cache_logits(teacher_dir, logits_dir, data_dir=args.data_dir, max_rows=args.max_train_rows, force=True,
-                 quiet=True, augment=AugmentConfig(copies=args.augment, seed=args.seed))
+    cache_logits(LogitsConfig(model=str(teacher_dir), out=str(logits_dir), data_dir=args.data_dir,
+                              max_rows=args.max_train_rows, force=True, quiet=True, augment=args.augment,
+                              augment_seed=args.seed))
     results["teacher"] = json.loads((teacher_dir / "metrics.json").read_text()) | {"wall_s": teacher_s}
     for key, model, kd in (("random", random_dir, None), ("random_kd", random_dir, logits_dir),
                            ("sra", args.sra_student, None), ("sra_kd", args.sra_student, logits_dir)):

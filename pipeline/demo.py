@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from pipeline.probe import ProbeConfig, run_probe
+from pipeline.config import DemoConfig, ProbeConfig
+from pipeline.probe import run_probe
 from pipeline.sts import load_task, sts_spearman
 from student import Student
 from student.recipes import recipe_config
 from student.train import train
-from teacher_cache.encode import EncodeConfig, encode_corpus, teacher_encoder
-
-
-@dataclass
-class DemoConfig:
-    """Knobs of `tc demo`; the defaults finish in a few minutes on 2 CPU cores."""
-
-    out: Path = Path("demo")
-    corpus: list[str] | None = None
-    recipe: str = "static"
-    arch: str | None = None  # None: the recipe's
-    epochs: int | None = None
-    lr: float | None = None
-    max_rows: int | None = None
-    force: bool = False
-    quiet: bool = False
+from teacher_cache.batching import teacher_encoder
+from teacher_cache.encode import EncodeConfig, encode_corpus
+from teacher_cache.progress import log
 
 
 def say(message: str) -> None:
     """A step heading on stderr."""
-    print(f"\n== {message}", file=sys.stderr, flush=True)
+    log(f"\n== {message}")
 
 
 def run_demo(cfg: DemoConfig) -> str:

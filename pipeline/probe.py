@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from pipeline import plots
+from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
 from student import Student
 from teacher_cache import open_cache
@@ -18,27 +17,6 @@ from teacher_cache.errors import CacheError
 from teacher_cache.progress import format_seconds
 
 RECALL_DEPTHS = (10, 50, 100)
-
-
-@dataclass
-class ProbeConfig:
-    """Knobs of `tc probe`."""
-
-    shards: Path
-    student: Path
-    k: int = 10
-    queries: int | None = None  # None: min(1000, a fifth of the rows probed)
-    index: str = "auto"
-    report: Path = Path("probe")
-    max_rows: int | None = 20_000
-    column: str | None = None
-    seed: int = 0
-    batch_size: int = 128
-    worst: int = 10
-    query_texts: list[str] = field(default_factory=list)
-    teacher_free: bool = False
-    teacher: str | None = None
-    quiet: bool = False
 
 
 def validate(cfg: ProbeConfig, rows: int) -> int:
@@ -175,7 +153,7 @@ def user_queries(cfg: ProbeConfig, cache, student, t_index, s_index, texts, db_r
     _, s_ids = s_index.search(s_vecs, k)
     t_ids = None
     if not cfg.teacher_free:
-        from teacher_cache.encode import teacher_encoder
+        from teacher_cache.batching import teacher_encoder
 
         name = cfg.teacher or cache.manifest.teacher
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from teacher_cache.manifest import atomic_write_text
+from teacher_cache.atomic import atomic_write
 
 
 def _fmt(value: object) -> str:
@@ -99,6 +99,6 @@ A static student also exports to model2vec (`tc export --model {args.get('out', 
 def write_run_files(out: str | Path, args: dict, metrics: dict, n_params: int) -> None:
     """Write training_args.json, metrics.json and README.md into `out` (each atomically)."""
     out = Path(out)
-    atomic_write_text(out / "training_args.json", json.dumps(args, indent=2) + "\n")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    atomic_write_text(out / "README.md", model_card(args, metrics, n_params))
+    atomic_write(out / "training_args.json", json.dumps(args, indent=2) + "\n")
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write(out / "README.md", model_card(args, metrics, n_params))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -14,7 +13,8 @@ import torch
 
 from student.config import CONFIG_NAME
 from student.tokenizer import TOKENIZER_FILES
-from teacher_cache.errors import CacheError
+from teacher_cache.atomic import atomic_path, failure_reason
+from teacher_cache.errors import CacheError, UserError
 from teacher_cache.lock import LOCK_NAME, FolderLock
 
 CHECKPOINT_DIR = "checkpoint"
@@ -31,28 +31,18 @@ def checkpoint_file(out: str | Path) -> Path:
 def save_checkpoint(out: str | Path, state: dict) -> Path:
     """Write `state` to <out>/checkpoint/checkpoint.pt atomically (temporary file, fsync, rename)."""
     path = checkpoint_file(out)
-    tmp = path.with_name(path.name + ".tmp")
     summary = {k: state[k] for k in ("epoch", "batches_done", "step", "rows_seen") if k in state}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        state_tmp = path.parent / "trainer_state.json.tmp"
-        state_tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(state_tmp, path.parent / "trainer_state.json")
+        with atomic_path(path.parent / "trainer_state.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        for stale in (tmp, path.parent / "trainer_state.json.tmp"):
-            stale.unlink(missing_ok=True)
         if path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()  # a first checkpoint that failed leaves nothing that looks like a run
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in first or "file write failed" in first
-        reason = "no space left on device" if full else (getattr(exc, "strerror", None) or first)[:200]
         kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was saved yet"
-        raise CacheError(f"{path}: cannot write the checkpoint ({reason}); {kept}") from None
+        raise UserError(f"{path}: cannot write the checkpoint ({failure_reason(exc)}); {kept}") from None
     return path
 
 
@@ -101,39 +91,39 @@ def _inside(a: Path, b: Path) -> bool:
 def refuse_unsafe_out(out: Path, other: Path, other_flag: str) -> list[str]:
     """Refuse an --out that is a file or overlaps `other` (the input folder); return what --out holds now."""
     if out.exists() and not out.is_dir():
-        raise CacheError(f"--out {out}: is a file, not a folder")
+        raise UserError(f"--out {out}: is a file, not a folder")
     if other.exists():
         a, b = out.resolve(), other.resolve()
         if _inside(a, b) or _inside(b, a):
-            raise CacheError(f"--out {out}: overlaps the {other_flag} folder {other}; choose another folder")
+            raise UserError(f"--out {out}: overlaps the {other_flag} folder {other}; choose another folder")
     return sorted(p.name for p in out.iterdir()) if out.is_dir() else []
 
 
-def not_empty(out: Path, present: list[str]) -> CacheError:
+def not_empty(out: Path, present: list[str]) -> UserError:
     """The one-line refusal of an --out that holds other things."""
     shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-    return CacheError(f"--out {out}: not empty (holds {shown}); choose an empty folder or pass --force")
+    return UserError(f"--out {out}: not empty (holds {shown}); choose an empty folder or pass --force")
 
 
 def check_output(out: str | Path, shards: str | Path, resume: bool, force: bool) -> None:
     """Refuse an --out that would lose something: the cache itself, another folder's files, an earlier run."""
     out, shards = Path(out), Path(shards)
     if resume and force:
-        raise CacheError("--resume and --force: choose one (--force starts over, --resume continues)")
+        raise UserError("--resume and --force: choose one (--force starts over, --resume continues)")
     present = [name for name in refuse_unsafe_out(out, shards, "cache") if name != LOCK_NAME]
     if CHECKPOINT_DIR in present and not checkpoint_file(out).exists():
         present.remove(CHECKPOINT_DIR)  # what a failed first checkpoint left: nothing to resume, nothing to keep
     if resume:
         if not checkpoint_file(out).exists() and (out / "training_args.json").exists():
-            raise CacheError(f"--resume: {out} holds a finished student and no checkpoint; nothing to resume "
+            raise UserError(f"--resume: {out} holds a finished student and no checkpoint; nothing to resume "
                              "(pass --force without --resume to train again)")
         if not checkpoint_file(out).exists():
-            raise CacheError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}; start without --resume")
+            raise UserError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}; start without --resume")
         return
     if not present or force:
         return
     if CHECKPOINT_DIR in present or "training_args.json" in present:
-        raise CacheError(f"--out {out}: holds an earlier training run; pass --resume to continue it "
+        raise UserError(f"--out {out}: holds an earlier training run; pass --resume to continue it "
                          "or --force to start over")
     raise not_empty(out, present)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from teacher_cache.manifest import atomic_write_text
+from teacher_cache.atomic import atomic_write
 
 MODULE_CLASS = "student.st_module.StudentSentenceEncoder"
 MODULES = [{"idx": 0, "name": "0", "path": "", "type": MODULE_CLASS}]
@@ -24,6 +24,6 @@ def write_sentence_transformers_files(folder: str | Path) -> None:
     saves the modules, with the prompts and similarity function the user set.
     """
     folder = Path(folder)
-    atomic_write_text(folder / "modules.json", json.dumps(MODULES, indent=2) + "\n")
+    atomic_write(folder / "modules.json", json.dumps(MODULES, indent=2) + "\n")
     if not (folder / "config_sentence_transformers.json").exists():
-        atomic_write_text(folder / "config_sentence_transformers.json", json.dumps(ST_CONFIG, indent=2) + "\n")
+        atomic_write(folder / "config_sentence_transformers.json", json.dumps(ST_CONFIG, indent=2) + "\n")

@@ -15,6 +15,7 @@ from student.models import build_encoder
 from student.st_config import write_sentence_transformers_files
 from student.static_encode import static_sentence_vectors, supports_fast_path
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import CacheError
 from teacher_cache.progress import Progress
 
@@ -100,9 +101,7 @@ class Student(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.config.save(path)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        tmp = path / (WEIGHTS_NAME + ".tmp")
-        tmp.write_bytes(save(state, metadata={"format": "pt", "arch": self.config.arch}))
-        tmp.replace(path / WEIGHTS_NAME)
+        atomic_write(path / WEIGHTS_NAME, save(state, metadata={"format": "pt", "arch": self.config.arch}))
         for name, data in self.tokenizer_files.items():
             (path / name).write_bytes(data)
         write_sentence_transformers_files(path)

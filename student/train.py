@@ -1,4 +1,4 @@
-"""Train a student on a teacher cache: one readable loop (nanoGPT style), every knob in TrainConfig below.
+"""Train a student on a teacher cache: one readable loop (nanoGPT style), every knob in student/train_config.py.
 
 The teacher is never loaded: targets stream from the cache's shards. Checkpoints are atomic and carry the
 data position (epoch, batches done), so `resume=True` replays the same batches an uninterrupted run would see.
@@ -6,13 +6,9 @@ data position (epoch, batches done), so `resume=True` replays the same batches a
 
 from __future__ import annotations
 
-import math
 import signal
-import sys
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from itertools import islice
 from pathlib import Path
 
@@ -34,155 +30,16 @@ from student.config import StudentConfig
 from student.data import Batch, StreamingCacheDataset, read_rows, validation_ids
 from student.evaluate import evaluate
 from student.init import init_from_outputs, sif_weights, token_frequencies
-from student.losses import loss_fn, parse_loss
+from student.losses import loss_fn
 from student.models import init_from_teacher
+from student.optim import clip_gradients, lr_factor, param_groups, set_lr
+from student.runtime import autocast_dtype, deferred_interrupt, resolve_device
 from student.student import Student
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+from student.train_config import RUN_ONLY, TrainConfig
 from teacher_cache.errors import CacheError, Terminated
-from teacher_cache.progress import Progress
+from teacher_cache.progress import Progress, log
 from teacher_cache.reader import open_cache
-
-
-@dataclass
-class TrainConfig:
-    """Every training knob. None means: derive it (from the architecture, the cache or the run length)."""
-
-    recipe: str | None = None  # the student/recipes.py recipe these settings started from (recorded only)
-    # data
-    shards: str = "out"  # the cache folder written by `tc encode`
-    out: str = "student_out"  # the student folder to write
-    target_column: str | None = None  # pooling ('mean', 'cls') or column name; None: the cache's first
-    max_rows: int | None = None  # use only ids below this
-    val_rows: int | None = None  # None: min(2000, 10% of the rows)
-    buffer_size: int = 10_000  # rows in the shuffle buffer
-    pool_batches: int = 50  # batches' worth of rows sorted together by length
-    num_workers: int = 0  # DataLoader workers (each reads its own shards)
-    # model
-    arch: str = "bilstm"  # bilstm | cnn | static
-    emb_dim: int | None = None
-    hidden: int | None = None
-    layers: int = 1
-    pooling: str | None = None  # max | mean
-    dropout: float = 0.0
-    max_length: int | None = None  # None: the cache's
-    init_embeddings: str = "teacher"  # teacher (input embeddings, PCA) | outputs (per-token outputs) | random
-    token_weights: bool = False  # static (or cnn with static_path): a learnt weight per token, SIF-initialised
-    kernel_sizes: list[int] | None = None  # cnn: convolution widths; None: 3, 5, 7
-    static_path: bool = False  # cnn: add a static path (started from the token outputs) beside the convolutions
-    sif: float = 1e-3  # SIF's a in a / (a + p(token)); 0: no SIF (weights start at 1)
-    # optimisation
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 1e-3
-    emb_lr: float | None = None  # the token embeddings' (and weights') peak rate; None: lr
-    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
-    warmup_steps: int | None = None  # None: 5% of the steps, at most 1000
-    decay: str = "cosine"  # cosine | linear | constant
-    weight_decay: float = 0.01  # AdamW, on weight matrices other than the embedding
-    grad_clip: float = 1.0  # 0: off
-    sparse_embeddings: str = "auto"  # yes: SparseAdam on the embedding; auto: yes on CPU
-    loss: str = "mse"  # mse (the paper's) | cosine | contrastive | relational, or several joined by '+'
-    temperature: float = 0.05  # contrastive and relational
-    # run
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; autocast on CUDA only
-    eval_every: int = 0  # steps; 0: at each epoch end only
-    checkpoint_every: int = 500  # steps; 0: at epoch ends only
-    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all
-    resume: bool = False
-    force: bool = False
-    quiet: bool = False
-
-    def validate(self) -> None:
-        """Raise a one-line CacheError naming the first bad flag."""
-        choices = {"arch": ("bilstm", "cnn", "static"), "init_embeddings": ("teacher", "outputs", "random"),
-                   "decay": ("cosine", "linear", "constant"),
-                   "sparse_embeddings": ("auto", "yes", "no"), "precision": ("auto", "fp32", "bf16", "fp16")}
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise CacheError(f"--{name.replace('_', '-')} {value}: choose one of {', '.join(allowed)}")
-        try:
-            losses = parse_loss(self.loss)
-        except ValueError as exc:
-            raise CacheError(str(exc)) from None
-        in_batch = {"contrastive", "relational"} & set(losses)
-        minimum = {"epochs": 1, "batch_size": 2 if in_batch else 1, "max_rows": 1, "val_rows": 0,
-                   "buffer_size": 1, "pool_batches": 1, "num_workers": 0, "layers": 1, "eval_every": 0,
-                   "checkpoint_every": 0, "max_steps": 1, "warmup_steps": 0, "emb_dim": 1, "hidden": 1,
-                   "max_length": 2}
-        for name, low in minimum.items():
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise CacheError(f"--{name.replace('_', '-')} {value}: must be at least {low}")
-        for name in ("lr", "temperature", "emb_lr"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise CacheError(f"--{name} {getattr(self, name)}: must be positive")
-        has_static = self.arch == "static" or (self.arch == "cnn" and self.static_path)
-        if self.token_weights and not has_static:
-            raise CacheError(f"--token-weights: static students (or --arch cnn --static-path) only, not --arch "
-                             f"{self.arch}")
-        if self.static_path and self.arch != "cnn":
-            raise CacheError(f"--static-path: --arch cnn only, not {self.arch}")
-        for name in ("weight_decay", "grad_clip", "sif"):
-            if not getattr(self, name) >= 0:
-                raise CacheError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise CacheError(f"--min-lr-ratio {self.min_lr_ratio}: must be in [0, 1]")
-
-
-# Knobs that do not change what is learned: a resumed run may set them differently.
-RUN_ONLY = ("shards", "out", "device", "precision", "eval_every", "checkpoint_every", "max_steps", "resume",
-            "force", "quiet")
-
-
-def resolve_device(name: str) -> torch.device:
-    """torch.device for --device, refusing CUDA where there is none."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CacheError(f"--device {name}: choose cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CacheError(f"--device {name}: no CUDA device is available")
-    if device.type not in ("cpu", "cuda"):
-        raise CacheError(f"--device {name}: choose cpu or cuda")
-    return device
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype (bf16 or fp16 on CUDA), or None for plain fp32."""
-    if device.type != "cuda":
-        if precision in ("bf16", "fp16"):
-            raise CacheError(f"--precision {precision}: autocast is used on CUDA only; use fp32 or auto on CPU")
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
-    """Learning rate of `step`: linear warm-up, then cosine/linear decay to lr * min_lr_ratio (or constant)."""
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    low = cfg.lr * cfg.min_lr_ratio
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    coeff = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}[cfg.decay]
-    return low + coeff * (cfg.lr - low)
-
-
-def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
-    """Scale all gradients (sparse ones included) so their joint norm is at most max_norm; return the norm."""
-    for p in parameters:
-        if p.grad is not None and p.grad.is_sparse:  # duplicate rows must be summed before the norm is taken
-            p.grad = p.grad.coalesce()
-    grads = [p.grad for p in parameters if p.grad is not None]
-    norms = [(g._values() if g.is_sparse else g).norm() for g in grads]
-    total = torch.stack(norms).norm() if norms else torch.zeros(())
-    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale)
-    return float(total)
 
 
 def make_optimizers(student: Student, cfg: TrainConfig, sparse: bool) -> list[torch.optim.Optimizer]:
@@ -193,37 +50,10 @@ def make_optimizers(student: Student, cfg: TrainConfig, sparse: bool) -> list[to
     tables = [m.weight for m in student.encoder.modules() if isinstance(m, torch.nn.Embedding)]
     others = [p for p in student.parameters() if all(p is not t for t in tables)]
     emb_lr = cfg.emb_lr or cfg.lr
-    groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
-              {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0, "peak_lr": cfg.lr}]
+    groups = param_groups(others, cfg.weight_decay, peak_lr=cfg.lr)
     if sparse:
         return [torch.optim.AdamW(groups, lr=cfg.lr), torch.optim.SparseAdam(tables, lr=emb_lr)]
     return [torch.optim.AdamW(groups + [{"params": tables, "weight_decay": 0.0, "peak_lr": emb_lr}], lr=cfg.lr)]
-
-
-@contextmanager
-def deferred_interrupt():
-    """A first Ctrl-C or SIGTERM only sets flag['hit'] (the loop checkpoints at the next step); a second interrupts.
-
-    SIGTERM is what Docker, Kubernetes and Slurm send before they kill: it is handled as Ctrl-C is, and
-    flag['signal'] remembers which one came (the CLI then exits 143 instead of 130).
-    """
-    flag = {"hit": False, "signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        """First signal: ask for a checkpoint; second: interrupt now."""
-        if flag["hit"]:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-        flag["hit"], flag["signal"] = True, signum
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizers: list, scaler, cfg: TrainConfig,
@@ -251,12 +81,6 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizers: list, scaler, c
     if scaler:
         scaler.update()
     return loss.detach()
-
-
-def log(cfg: TrainConfig, message: str) -> None:
-    """One line on stderr unless quiet."""
-    if not cfg.quiet:
-        print(message, file=sys.stderr, flush=True)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -360,7 +184,7 @@ def _train(cfg: TrainConfig) -> dict:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         epoch, batches_done, step = state["epoch"], state["batches_done"], state["step"]
         rows_seen, seconds, history = state["rows_seen"], state["seconds"], state["history"]
-        log(cfg, f"resuming at epoch {epoch + 1}, step {step:,} ({rows_seen:,} sentences seen)")
+        log(f"resuming at epoch {epoch + 1}, step {step:,} ({rows_seen:,} sentences seen)", cfg.quiet)
     elif ddp.is_main:
         history.append({"step": 0, "epoch": 0, "rows_seen": 0, **evaluate(student, val_texts, val_targets)})
 
@@ -372,7 +196,7 @@ def _train(cfg: TrainConfig) -> dict:
         history.append({"step": step, "epoch": round(epoch + batches_done / max(1, len_epoch), 4),
                         "rows_seen": rows_seen, **metrics})
         if metrics:
-            log(cfg, f"eval step {step:,}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            log(f"eval step {step:,}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), cfg.quiet)
 
     def checkpoint() -> None:
         """Save everything needed to continue exactly from here (rank 0 writes; the ranks hold identical weights)."""
@@ -395,10 +219,8 @@ def _train(cfg: TrainConfig) -> dict:
             dataset.set_epoch(epoch, skip_batches=batches_done)
             batches = iter(loader) if cfg.num_workers == 0 else islice(iter(loader), batches_done, None)
             for batch in islice(batches, max(0, len_epoch - batches_done)):
-                factor = lr_at(step, total_steps, warmup, cfg) / cfg.lr
-                for opt in optimizers:
-                    for group in opt.param_groups:
-                        group["lr"] = group.get("peak_lr", cfg.emb_lr or cfg.lr) * factor
+                set_lr(optimizers, lr_factor(step, total_steps, warmup, cfg.decay, cfg.min_lr_ratio),
+                       cfg.emb_lr or cfg.lr)
                 loss = float(train_step(model, batch, optimizers, scaler, cfg, amp))
                 if trace_ids:
                     trace_ids(batch.ids)
@@ -415,10 +237,10 @@ def _train(cfg: TrainConfig) -> dict:
                     progress.close()
                     if interrupted["hit"]:
                         term = interrupted["signal"] == signal.SIGTERM
-                        log(cfg, f"{'terminated (SIGTERM)' if term else 'interrupted'} at step {step:,}: checkpoint "
-                                 f"saved in {Path(cfg.out) / 'checkpoint'}; rerun with --resume to continue")
+                        log(f"{'terminated (SIGTERM)' if term else 'interrupted'} at step {step:,}: checkpoint "
+                            f"saved in {Path(cfg.out) / 'checkpoint'}; rerun with --resume to continue", cfg.quiet)
                         raise Terminated if term else KeyboardInterrupt
-                    log(cfg, f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue")
+                    log(f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue", cfg.quiet)
                     return {"stopped": True, "step": step, "rows_seen": rows_seen, "history": history}
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint()
@@ -439,6 +261,6 @@ def _train(cfg: TrainConfig) -> dict:
     student.save_pretrained(cfg.out)
     write_run_files(cfg.out, args, metrics, student.num_parameters())
     remove_checkpoint(cfg.out)
-    log(cfg, f"{cfg.out}: {scfg.arch} student, {step:,} steps, " +
-        "  ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items()))
+    log(f"{cfg.out}: {scfg.arch} student, {step:,} steps, " +
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items()), cfg.quiet)
     return metrics

@@ -1,4 +1,7 @@
-"""The files of a cache folder: checksums of every file in the manifest, re-checks before a resume, --force wipes.
+"""The files of a cache folder: checksums of every file in the manifest, resume-or-refuse, re-checks, --force wipes.
+
+Both cache writers (`tc encode`, and the task teacher's logits cache) open their --out with `previous_cache` and
+`resume`: the same refusal of other settings, the same re-check of every kept file, the same --force rules.
 
 Shards are listed in `manifest.shards` (size, sha256); every other file the cache holds (tokenizer/*,
 token_embeddings.safetensors, and whatever else an encode writes before it completes the manifest) is recorded in
@@ -12,8 +15,10 @@ import fnmatch
 import shutil
 from pathlib import Path
 
+from teacher_cache.errors import CacheMismatchError, UserError
 from teacher_cache.lock import LOCK_NAME
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
+from teacher_cache.progress import log
 from teacher_cache.shards import sha256_file
 
 # Cache files by name, removed by a --force run (with every file the old manifest recorded).
@@ -117,12 +122,15 @@ def remove_strays(out: Path, manifest: CacheManifest) -> None:
                 path.unlink(missing_ok=True)
 
 
-def wipe_cache(out: Path, old: CacheManifest | None = None) -> None:
-    """Remove the files a cache consists of (and nothing else) when a --force run replaces it."""
+def wipe_cache(out: Path, old: CacheManifest | bool | None = None) -> None:
+    """Remove the files a cache consists of (and nothing else) when a --force run replaces it.
+
+    `old` is the replaced cache's manifest (its recorded files go too), or True/None when it was unreadable.
+    """
     for pattern in OWN_FILES:
         for path in out.glob(pattern):
             path.unlink(missing_ok=True)
-    for rel in (old.files if old is not None else {}):
+    for rel in (old.files if isinstance(old, CacheManifest) else {}):
         (out / rel).unlink(missing_ok=True)
     shutil.rmtree(out / "tokenizer", ignore_errors=True)
 
@@ -133,3 +141,48 @@ def load_old(out: Path) -> CacheManifest | None:
         return CacheManifest.load(out) if (out / MANIFEST_NAME).exists() else None
     except Exception:  # a broken manifest is replaced all the same
         return None
+
+
+def make_output_dir(out: Path) -> None:
+    """Create the output folder (and parents), or raise a one-line error."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create folder ({exc.strerror})") from None
+
+
+def previous_cache(out: Path, force: bool) -> tuple[CacheManifest | None, CacheManifest | bool]:
+    """What --out holds before a run: the manifest to resume (None with --force or when there is none), and what a
+    --force run replaces at its first shard (that cache's manifest, True when unreadable, False when no cache)."""
+    existing = None
+    if not force:
+        make_output_dir(out)
+        if (out / MANIFEST_NAME).exists():
+            existing = CacheManifest.load(out)
+        elif any(out.glob("shard-*")):
+            raise CacheMismatchError(f"--out {out}: holds shard files but no manifest; use --force to overwrite")
+    replacing = (load_old(out) or True) if force and has_cache(out) else False
+    return existing, replacing
+
+
+def resume(out: Path, manifest: CacheManifest, existing: CacheManifest, more_differences: list[str] = ()) -> bool:
+    """Continue the cache `existing` in `out` as `manifest`; True when it is complete already (nothing to do).
+
+    Refuses, in one line, a cache made with other settings; re-reads every kept shard and file (a resume trusts
+    nothing on disk, and says what it dropped); carries the kept shards over and removes stray ones.
+    """
+    differences = manifest.differences(existing) + list(more_differences)
+    if differences:
+        raise CacheMismatchError(f"--out {out}: holds a cache made with other settings ({'; '.join(differences)}); "
+                                 "use --force to start afresh")
+    for note in recheck(out, existing):
+        log(f"warning: {note}")
+    if existing.complete:
+        return True
+    manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files
+    if "other_files" in existing.extra:
+        manifest.extra["other_files"] = existing.extra["other_files"]
+    remove_strays(out, manifest)
+    return False

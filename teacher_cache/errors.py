@@ -1,8 +1,16 @@
-"""User-facing errors: each one is printed as a single line by the CLI, never as a traceback."""
+"""User-facing errors: each one is printed as a single line by the CLI, never as a traceback.
+
+`UserError` is any problem the user can fix (a bad flag, a missing file, a folder in the way); `CacheError` and
+its subclasses are the ones about a teacher cache (its corpus, its settings, its files on disk).
+"""
 
 
-class CacheError(Exception):
-    """A problem the user can fix (bad input, bad flag, mismatched cache); printed as one line."""
+class UserError(Exception):
+    """A problem the user can fix (bad input, bad flag, an --out in the way); printed as one line."""
+
+
+class CacheError(UserError):
+    """A problem with a teacher cache: unreadable, unfinished, corrupt, or made with other settings."""
 
 
 class CorpusError(CacheError):

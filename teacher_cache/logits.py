@@ -8,19 +8,17 @@ task's training file, and each row's text is stored (pairs joined by a tab), so 
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from teacher_cache.cache_files import has_cache, load_old, other_files, recheck, record_files, remove_strays, wipe_cache
-from teacher_cache.encode import prepare_output
-from teacher_cache.errors import CacheError, CacheMismatchError
+from teacher_cache.cache_files import other_files, previous_cache, record_files, resume, wipe_cache
+from teacher_cache.errors import CacheError
 from teacher_cache.lock import FolderLock
 from teacher_cache.manifest import CacheManifest, ShardInfo
-from teacher_cache.progress import Progress
+from teacher_cache.progress import Progress, log
 from teacher_cache.shards import ShardRows, ShardWriter
 
 LOGITS_COLUMN = "logits"
@@ -69,27 +67,16 @@ def write_logits_cache(out: str | Path, rows: list[str], compute: LogitFn, manif
 
 def _write_logits_cache(out: Path, rows: list[str], compute: LogitFn, manifest: CacheManifest, force: bool,
                         quiet: bool) -> CacheManifest:
-    existing = None if force else prepare_output(out)
-    replacing = (load_old(out) or True) if force and has_cache(out) else False  # kept until the first shard
+    existing, replacing = previous_cache(out, force)  # a --force run replaces the old cache at its first shard
     if existing is not None:
-        diffs = manifest.differences(existing)
-        for key in ("kind", "dim"):
-            if getattr(existing, key) != getattr(manifest, key):
-                diffs.append(f"{key}: {getattr(existing, key)!r} != {getattr(manifest, key)!r}")
+        more = [f"{key}: {getattr(existing, key)!r} != {getattr(manifest, key)!r}" for key in ("kind", "dim")
+                if getattr(existing, key) != getattr(manifest, key)]
         if existing.extra.get("task") != manifest.extra.get("task"):
-            diffs.append(f"task: {existing.extra.get('task')!r} != {manifest.extra.get('task')!r}")
-        if diffs:
-            raise CacheMismatchError(f"--out {out}: holds a cache made with other settings ({'; '.join(diffs)}); "
-                                     "use --force to start afresh")
-        for note in recheck(out, existing):  # a resume re-reads every shard it keeps
-            print(f"warning: {note}", file=sys.stderr)
-        if existing.complete:
-            if not quiet:
-                print(f"{out}: logits cache already complete ({existing.rows:,} rows); nothing to do", file=sys.stderr)
+            more.append(f"task: {existing.extra.get('task')!r} != {manifest.extra.get('task')!r}")
+        if resume(out, manifest, existing, more):
+            log(f"{out}: logits cache already complete ({existing.rows:,} rows); nothing to do", quiet)
             return existing
-        manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files
-        manifest.extra["other_files"] = existing.extra.get("other_files", [])
-        remove_strays(out, manifest)
+        manifest.extra.setdefault("other_files", [])
     else:
         manifest.extra["other_files"] = [] if replacing else other_files(out)
     done = sum(s.rows for s in manifest.shards)
@@ -105,7 +92,7 @@ def _write_logits_cache(out: Path, rows: list[str], compute: LogitFn, manifest: 
         shard = ShardRows(ids=np.arange(done, done + len(chunk), dtype=np.int64), texts=chunk, vectors={},
                           n_tokens=np.asarray(n_tokens, dtype=np.int32), extra={LOGITS_COLUMN: logits})
         if replacing is not False:  # --force: the old cache goes only now that the new one has its first shard
-            wipe_cache(out, replacing if isinstance(replacing, CacheManifest) else None)
+            wipe_cache(out, replacing)
             manifest.extra["other_files"], replacing = other_files(out), False
         path, checksum = writer.write(index, shard)
         manifest.shards.append(ShardInfo(file=path.name, rows=len(chunk), id_start=done, id_end=done + len(chunk) - 1,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import CacheError
 
 MANIFEST_NAME = "manifest.json"
@@ -106,7 +105,7 @@ class CacheManifest:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.created = self.created or now
         self.updated = now
-        atomic_write_text(Path(directory) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(Path(directory) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> CacheManifest:
@@ -132,18 +131,3 @@ class CacheManifest:
 def embedding_column(pooling: str, index: int) -> str:
     """The first pooling is stored as `embedding`, each further one as `embedding_<pooling>`."""
     return "embedding" if index == 0 else f"embedding_{pooling}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path so that readers see either the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise CacheError(f"{path}: cannot write ({reason}); the previous version is kept") from None

@@ -1,9 +1,15 @@
-"""A small progress line on stderr: done/total, rate, extra rates and ETA; silent with quiet=True."""
+"""What a run says on stderr: `log` for one status line, `Progress` for a done/total, rate and ETA line."""
 
 from __future__ import annotations
 
 import sys
 import time
+
+
+def log(message: str, quiet: bool = False) -> None:
+    """One status line on stderr (flushed at once), unless quiet: how every command reports what it does."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
 
 
 def format_seconds(seconds: float) -> str:

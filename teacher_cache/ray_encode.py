@@ -23,28 +23,20 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
-from teacher_cache.encode import EncodeConfig, EncodeRun, log, resolve_precision, start_encode
+from teacher_cache.batching import resolve_precision
+from teacher_cache.encode import EncodeRun, start_encode
+from teacher_cache.encode_config import EncodeConfig, RayOptions
 from teacher_cache.errors import CacheError
 from teacher_cache.manifest import CacheManifest
-from teacher_cache.progress import Progress
+from teacher_cache.progress import Progress, log
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 MAX_RESTARTS = 3  # per actor; its queued shards are retried on the restarted actor
 QUEUED_PER_WORKER = 2  # shards queued on each actor, so it never waits for the driver
 CRASH_ENV = "TC_RAY_CRASH_ONCE"  # test hook, '<marker file>:<shard index>': that worker dies once, mid-shard
-
-
-@dataclass
-class RayOptions:
-    """Where and how wide to run: cluster address, number of actors, GPUs per actor."""
-
-    address: str | None = None  # None: start a local Ray instance; 'auto': join the running cluster
-    workers: int | None = None  # None: one per GPU (gpus_per_worker > 0) or one per CPU of the cluster
-    gpus_per_worker: float = 0.0
 
 
 def import_ray():
@@ -66,7 +58,7 @@ class ShardEncoder:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if threads == 1 else "true")
         import torch
 
-        from teacher_cache.encode import BatchEncoder
+        from teacher_cache.batching import BatchEncoder
         from teacher_cache.teacher import load_teacher
 
         torch.set_num_threads(threads)
@@ -87,7 +79,7 @@ class ShardEncoder:
 
     def resolve_precision(self, texts: list[str], quiet: bool) -> str:
         """Resolve --precision auto on this worker's hardware, calibrating on `texts` as the local path does."""
-        return resolve_precision(self.encoder, self.encoder.tokenize(texts), EncodeConfig(quiet=quiet))
+        return resolve_precision(self.encoder, self.encoder.tokenize(texts), quiet)
 
     def encode(self, index: int, texts: list[str], precision: str) -> tuple[int, dict, np.ndarray, float]:
         """(index, pooling -> float32 vectors in input order, word-pieces per row, seconds) for one shard."""
@@ -198,7 +190,7 @@ def start_workers(ray, run: EncodeRun, options: RayOptions, device: str) -> list
     for error in ray.get([a.ready.remote() for a in actors]):
         if error:
             raise CacheError(error)
-    log(cfg, f"ray: {n} worker(s) on {device}, {options.gpus_per_worker:g} GPU each")
+    log(f"ray: {n} worker(s) on {device}, {options.gpus_per_worker:g} GPU each", cfg.quiet)
     return actors
 
 
@@ -211,7 +203,7 @@ def drive(ray, run: EncodeRun, options: RayOptions, device: str) -> CacheManifes
         first = next(chunks, None)
         if first is not None:
             run.set_precision(ray.get(actors[0].resolve_precision.remote(first[1], cfg.quiet)))
-            log(cfg, f"precision: {run.precision} (resolved on worker 0, used by every worker)")
+            log(f"precision: {run.precision} (resolved on worker 0, used by every worker)", cfg.quiet)
             chunks = _prepend(first, chunks)
     progress = Progress("encode", None, quiet=cfg.quiet, start=run.done_rows)
     # Ray's ActorPool does the scheduling; each actor appears QUEUED_PER_WORKER times, so it always has its next

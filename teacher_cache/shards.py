@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from teacher_cache.atomic import atomic_path, failure_reason
 from teacher_cache.errors import CacheError
 
 FORMATS = ("arrow", "hdf5")
@@ -66,22 +65,16 @@ class ShardWriter:
     def write(self, index: int, rows: ShardRows) -> tuple[Path, str]:
         """Write shard `index` atomically; return its final path and sha256."""
         final = self.directory / shard_name(index, self.fmt)
-        tmp = final.with_name(final.name + ".tmp")
         try:
-            if self.fmt == "arrow":
-                self._write_arrow(tmp, rows)
-            else:
-                self._write_hdf5(tmp, rows)
-            checksum = sha256_file(tmp)
-            os.replace(tmp, final)
+            with atomic_path(final) as tmp:
+                if self.fmt == "arrow":
+                    self._write_arrow(tmp, rows)
+                else:
+                    self._write_hdf5(tmp, rows)
+                checksum = sha256_file(tmp)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise CacheError(f"{final}: cannot write shard ({reason}); the partial shard was removed, "
+            raise CacheError(f"{final}: cannot write shard ({failure_reason(exc)}); the partial shard was removed, "
                              "complete shards are kept: free space and rerun to resume") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return final, checksum
 
     def _write_arrow(self, path: Path, rows: ShardRows) -> None:
@@ -90,8 +83,6 @@ class ShardWriter:
             with pa.ipc.new_file(fh, table.schema) as writer:
                 for batch in table.to_batches(max_chunksize=RECORD_BATCH_ROWS):
                     writer.write_batch(batch)
-            fh.flush()
-            os.fsync(fh.fileno())
 
     def _write_hdf5(self, path: Path, rows: ShardRows) -> None:
         import h5py
@@ -102,8 +93,6 @@ class ShardWriter:
             for name, matrix in {**rows.vectors, **(rows.extra or {})}.items():
                 h5.create_dataset(name, data=np.asarray(matrix, dtype=np.dtype(self.dtype)))
             h5.create_dataset("n_tokens", data=rows.n_tokens.astype(np.int32))
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
 
 
 def read_arrow_shard(path: Path, columns: list[str] | None = None) -> pa.Table:

@@ -88,7 +88,11 @@ class Teacher:
     @property
     def max_position(self) -> int:
         """Longest input the model accepts, in tokens."""
-        return int(getattr(self.model.config, "max_position_embeddings", 512))
+        n = int(getattr(self.model.config, "max_position_embeddings", 512))
+        # RoBERTa-style embeddings (MPNet, RoBERTa, XLM-R) number positions from padding_idx + 1, so their first
+        # padding_idx + 1 rows are never used: all-mpnet-base-v2's 514 positions hold 512 tokens
+        offset = getattr(getattr(self.model, "embeddings", None), "padding_idx", None)
+        return n - (int(offset) + 1) if isinstance(offset, int) else n
 
     def weights_hash(self) -> str:
         """sha256 over every parameter and buffer, so two caches can tell whether the same teacher made them."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from teacher_cache.atomic import atomic_path
 from teacher_cache.teacher import Teacher
 
 TOKEN_OUTPUTS_FILE = "token_outputs.safetensors"
@@ -53,7 +54,6 @@ def save_token_outputs(teacher: Teacher, out: Path) -> bool:
     target = out / TOKEN_OUTPUTS_FILE
     if target.exists():
         return False
-    tmp = out / (TOKEN_OUTPUTS_FILE + ".tmp")
-    save_file({TOKEN_OUTPUTS_KEY: compute_token_outputs(teacher).astype(np.float16)}, str(tmp))
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        save_file({TOKEN_OUTPUTS_KEY: compute_token_outputs(teacher).astype(np.float16)}, str(tmp))
     return True

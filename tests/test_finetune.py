@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from finetune.augment import MASK, AugmentConfig, augment_examples
+from finetune.fit import task_loss
+from finetune.task_data import load_split
+from finetune.task_model import load_task_model
+from finetune.tasks import DEFAULT_DATA_DIR, TASKS
 from student import Student, StudentConfig
-from student.augment import MASK, AugmentConfig, augment_examples
-from student.finetune import task_loss
-from student.task_model import load_task_model
-from student.tasks import DEFAULT_DATA_DIR, TASKS, load_split
 from student.tokenizer import read_tokenizer_files
 from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli

@@ -7,18 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from student.tasks import (
-    DEFAULT_DATA_DIR,
-    TASKS,
-    TaskSpec,
-    compute_metrics,
-    decode,
-    load_inputs,
-    load_split,
-    resolve_data_dir,
-    resolve_task,
-)
-from teacher_cache.errors import CacheError
+from finetune.metrics import compute_metrics, decode
+from finetune.task_data import load_inputs, load_split
+from finetune.tasks import DEFAULT_DATA_DIR, TASKS, TaskSpec, resolve_data_dir, resolve_task
+from teacher_cache.errors import UserError
 
 needs_glue = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
 
@@ -89,14 +81,14 @@ def test_own_tasks_in_tsv_csv_jsonl(tmp_path):
         data = load_split(spec, "train", resolve_data_dir(spec, None))
         assert data.texts[1] == 'he said "no", twice' and data.labels.tolist() == [1, 0, 1]
         assert TaskSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    with pytest.raises(CacheError, match="--text-columns"):
+    with pytest.raises(UserError, match="--text-columns"):
         resolve_task(str(tmp_path / "t.tsv"), None, "label")
 
 
 def test_unknown_task_and_missing_folder(tmp_path):
-    with pytest.raises(CacheError, match="unknown task"):
+    with pytest.raises(UserError, match="unknown task"):
         resolve_task("mnli")
-    with pytest.raises(CacheError, match="no SST-2/train.tsv"):
+    with pytest.raises(UserError, match="no SST-2/train.tsv"):
         resolve_data_dir(TASKS["sst2"], tmp_path)
 
 

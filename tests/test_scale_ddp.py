@@ -19,7 +19,7 @@ from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli
 
 # batch 8 per rank x 2 ranks = the 1-process run's batch 16; 135 training rows per rank -> 17 steps per epoch
-TINY = ("--emb-dim", "16", "--hidden", "16", "--epochs", "2", "--lr", "1e-2", "--val-rows", "30",
+TINY = ("--recipe", "paper", "--emb-dim", "16", "--hidden", "16", "--epochs", "2", "--lr", "1e-2", "--val-rows", "30",
         "--checkpoint-every", "0", "--eval-every", "7", "--quiet")
 STEPS_PER_EPOCH = 17
 

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from student import Student
-from student.train import TrainConfig, clip_gradients, lr_at, train
+from student.optim import clip_gradients, lr_factor
+from student.train import TrainConfig, train
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import CacheError, UserError
 
 
 def config(cache, out, **kw) -> TrainConfig:
@@ -79,7 +80,7 @@ def test_resume_equals_uninterrupted(tiny_cache, tmp_path, stop, sparse, workers
 def test_output_folder_rules(tiny_cache, tmp_path):
     out = tmp_path / "s"
     train(config(tiny_cache, out, max_steps=3))
-    with pytest.raises(CacheError, match="earlier training run"):
+    with pytest.raises(UserError, match="earlier training run"):
         train(config(tiny_cache, out))
     with pytest.raises(CacheError, match="other settings"):
         train(config(tiny_cache, out, resume=True, lr=5e-3))
@@ -97,6 +98,9 @@ def test_no_validation_rows(tiny_cache, tmp_path):
 
 def test_schedule_and_clipping():
     cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1)
+    def lr_at(step, total, warmup, cfg):
+        return cfg.lr * lr_factor(step, total, warmup, cfg.decay, cfg.min_lr_ratio)
+
     assert lr_at(0, 100, 10, cfg) == pytest.approx(0.1) and lr_at(9, 100, 10, cfg) == pytest.approx(1.0)
     assert lr_at(100, 100, 10, cfg) == pytest.approx(0.1) and lr_at(55, 100, 10, cfg) == pytest.approx(0.55)
     emb = torch.nn.Embedding(10, 3, sparse=True)

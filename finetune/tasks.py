@@ -9,12 +9,10 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue"
 Column = str | int  # a header name, or a 0-based position in a file without header
@@ -116,7 +114,7 @@ def custom_task(train_file: str, text_columns: list[str] | None, label_column: s
     """A user's own task: a TSV/CSV/JSONL training file (with header) and optional dev file."""
     path = Path(train_file)
     if not text_columns or len(text_columns) > 2:
-        raise CacheError(f"--task {train_file}: a task of your own needs --text-columns NAME or NAME1,NAME2")
+        raise UserError(f"--task {train_file}: a task of your own needs --text-columns NAME or NAME1,NAME2")
     cols = tuple(text_columns)
     evals = {"dev": Layout(str(Path(dev_file).resolve()), cols, label_column)} if dev_file else {}
     if labels is None and not regression:
@@ -133,7 +131,7 @@ def resolve_task(task: str, text_columns: list[str] | None = None, label_column:
         return TASKS[task.lower()]
     if Path(task).is_file() and task.lower().endswith(TABLE_SUFFIXES):
         return custom_task(task, text_columns, label_column, labels, regression, dev_file)
-    raise CacheError(f"--task {task}: unknown task; choose {', '.join(TASKS)}, or give a TSV/CSV/JSONL training "
+    raise UserError(f"--task {task}: unknown task; choose {', '.join(TASKS)}, or give a TSV/CSV/JSONL training "
                      "file with --text-columns and --label-column")
 
 
@@ -143,14 +141,14 @@ def resolve_data_dir(spec: TaskSpec, data_dir: str | Path | None) -> Path:
         return Path(".")
     if data_dir is None:
         if not DEFAULT_DATA_DIR.is_dir():
-            raise CacheError(f"--data-dir: required (no GLUE folder at {DEFAULT_DATA_DIR})")
+            raise UserError(f"--data-dir: required (no GLUE folder at {DEFAULT_DATA_DIR})")
         data_dir = DEFAULT_DATA_DIR
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise CacheError(f"--data-dir {data_dir}: no such folder")
+        raise UserError(f"--data-dir {data_dir}: no such folder")
     for layout in [spec.train, *spec.evals.values()]:
         if layout.required and not (data_dir / layout.file).is_file():
-            raise CacheError(f"--data-dir {data_dir}: no {layout.file} for task {spec.name} "
+            raise UserError(f"--data-dir {data_dir}: no {layout.file} for task {spec.name} "
                              "(expected GLUE's layout: <data-dir>/<TASK>/train.tsv, dev.tsv)")
     return data_dir
 
@@ -174,7 +172,7 @@ def iter_records(path: Path, header: bool, tab: bool = False) -> Iterator[tuple[
                     try:
                         yield line, json.loads(text)
                     except json.JSONDecodeError as exc:
-                        raise CacheError(f"{path}:{line}: not a JSON object ({exc.msg})") from None
+                        raise UserError(f"{path}:{line}: not a JSON object ({exc.msg})") from None
             return
         rows = csv.reader(fh) if suffix == ".csv" else (t.rstrip("\r\n").split("\t") for t in fh)
         names = None
@@ -192,7 +190,7 @@ def _get(record: list[str] | dict, column: Column, path: Path, line: int) -> str
     except (KeyError, IndexError):
         what = f"column {column!r}" if isinstance(column, str) else f"column {column + 1}"
         known = f" (columns: {', '.join(map(str, record))})" if isinstance(record, dict) else ""
-        raise CacheError(f"{path}:{line}: no {what}{known}") from None
+        raise UserError(f"{path}:{line}: no {what}{known}") from None
     return "" if value is None else str(value)
 
 
@@ -200,7 +198,7 @@ def read_raw(layout: Layout, data_dir: Path, max_rows: int | None = None, labell
     """The rows of one file as strings, refusing a missing file, a missing column and an empty file."""
     path = data_dir / layout.file
     if not path.is_file():
-        raise CacheError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file")
     rows: list[RawRow] = []
     for line, record in iter_records(path, layout.header, layout.tab_separated):
         texts = [_get(record, c, path, line) for c in layout.text_columns]
@@ -209,135 +207,5 @@ def read_raw(layout: Layout, data_dir: Path, max_rows: int | None = None, labell
         if max_rows is not None and len(rows) >= max_rows:
             break
     if not rows:
-        raise CacheError(f"{path}: no rows (empty file)")
+        raise UserError(f"{path}: no rows (empty file)")
     return rows
-
-
-@dataclass
-class TaskData:
-    """Texts (and second texts for pairs) with label indices or scores; labels None when unlabelled."""
-
-    path: Path
-    texts: list[str]
-    pairs: list[str] | None = None
-    labels: np.ndarray | None = None
-    lines: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        """Number of examples."""
-        return len(self.texts)
-
-    def rows(self) -> list[str]:
-        """One string per example as a cache stores it: the text, or both texts joined by a tab."""
-        return self.texts if self.pairs is None else [f"{a}\t{b}" for a, b in zip(self.texts, self.pairs, strict=True)]
-
-    def take(self, rows: np.ndarray | range) -> TaskData:
-        """The chosen examples, in the given order, as a TaskData of the same file."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return TaskData(self.path, [self.texts[i] for i in rows], [self.pairs[i] for i in rows] if self.pairs else None,
-                        None if self.labels is None else self.labels[rows],
-                        [self.lines[i] for i in rows] if self.lines else [])
-
-
-def parse_label(spec: TaskSpec, value: str, where: str) -> float | int:
-    """The label index (classification) or score (regression) of a label field, or a one-line error."""
-    value = value.strip()
-    if spec.labels is not None:
-        if value not in spec.labels:
-            raise CacheError(f"{where}: label {value!r} is not one of the task's labels ({', '.join(spec.labels)})")
-        return spec.labels.index(value)
-    try:
-        score = float(value)
-    except ValueError:
-        raise CacheError(f"{where}: label {value!r} is not a number (task {spec.name} is a regression)") from None
-    low, high = spec.score_range or (-np.inf, np.inf)
-    if not low <= score <= high:
-        raise CacheError(f"{where}: score {score} is outside the task's range [{low:g}, {high:g}]")
-    return score
-
-
-def to_task_data(spec: TaskSpec, raw: list[RawRow], path: Path) -> TaskData:
-    """Parse the label fields of raw rows (when present) into a TaskData."""
-    labels = None
-    if raw and raw[0].label is not None:
-        values = [parse_label(spec, r.label, f"{path}:{r.line}") for r in raw]
-        labels = np.asarray(values, dtype=np.float32 if spec.regression else np.int64)
-    return TaskData(path=path, texts=[r.texts[0] for r in raw], pairs=[r.texts[1] for r in raw] if spec.pair else None,
-                    labels=labels, lines=[r.line for r in raw])
-
-
-def load_split(spec: TaskSpec, split: str, data_dir: Path, max_rows: int | None = None) -> TaskData | None:
-    """The labelled rows of 'train' or an evaluation split; None for an optional split whose file is absent."""
-    layout = spec.train if split == "train" else spec.evals[split]
-    if not layout.required and not (data_dir / layout.file).is_file():
-        return None
-    return to_task_data(spec, read_raw(layout, data_dir, max_rows), data_dir / layout.file)
-
-
-def load_inputs(spec: TaskSpec, path: str | Path, text_columns: list[str] | None = None) -> TaskData:
-    """Rows to predict: the task's column names (labels used if present), its headerless layout, or plain text."""
-    path = Path(path)
-    if not path.is_file():
-        raise CacheError(f"--input {path}: no such file")
-    names = tuple(text_columns) if text_columns else None
-    with open(path, encoding="utf-8-sig") as fh:
-        first = fh.readline().rstrip("\r\n")
-    if not first.strip():
-        raise CacheError(f"--input {path}: empty file (or a blank first line)")
-    if path.suffix.lower() == ".jsonl":
-        try:
-            head = set(json.loads(first))
-        except (json.JSONDecodeError, TypeError):
-            raise CacheError(f"--input {path}:1: not a JSON object") from None
-    else:
-        head = set(next(csv.reader([first])) if path.suffix.lower() == ".csv" else first.split("\t"))
-    label = spec.train.label_column if isinstance(spec.train.label_column, str) else "label"
-    for cols in ([names] if names else [spec.train.text_columns, spec.predict_columns]):
-        if cols and all(isinstance(c, str) for c in cols) and set(cols) <= head:
-            layout = Layout(str(path), tuple(cols), label if label in head else None)
-            return to_task_data(spec, read_raw(layout, Path("/")), path)
-    if names:
-        raise CacheError(f"--input {path}: no column(s) {', '.join(names)} in its header")
-    width = len(first.split("\t"))
-    if not spec.train.header and width > max(c for c in spec.train.text_columns if isinstance(c, int)):
-        labelled = spec.train.label_column is not None and width > spec.train.label_column
-        layout = Layout(str(path), spec.train.text_columns, spec.train.label_column, header=False)
-        return to_task_data(spec, read_raw(layout, Path("/"), labelled=labelled), path)
-    if path.suffix.lower() in (".txt", ".tsv") and width == len(spec.train.text_columns):
-        return to_task_data(spec, read_raw(Layout(str(path), tuple(range(width)), None, header=False), Path("/")),
-                            path)
-    want = ", ".join(map(str, spec.predict_columns or spec.train.text_columns))
-    raise CacheError(f"--input {path}: cannot find the task's text column(s) ({want}); give a header with them, "
-                     "plain text (one example per line, pairs tab-separated) or --text-columns")
-
-
-# ---- metrics --------------------------------------------------------------------------------------------------------
-
-def compute_metrics(spec: TaskSpec, outputs: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """The task's metrics of model outputs (logits or scores) against gold label indices or scores."""
-    if spec.regression:
-        from scipy.stats import pearsonr, spearmanr
-
-        pred = outputs.reshape(len(outputs), -1)[:, 0]
-        if np.std(pred) == 0:
-            return {"pearson": 0.0, "spearman": 0.0}
-        return {"pearson": float(pearsonr(pred, gold).statistic), "spearman": float(spearmanr(pred, gold).statistic)}
-    pred = outputs.argmax(axis=1)
-    out = {"accuracy": float((pred == gold).mean())}
-    if len(spec.labels) == 2:
-        pos = spec.labels.index(spec.positive) if spec.positive else 1
-        tp = float(((pred == pos) & (gold == pos)).sum())
-        fp = float(((pred == pos) & (gold != pos)).sum())
-        fn = float(((pred != pos) & (gold == pos)).sum())
-        tn = float(len(gold)) - tp - fp - fn
-        out["f1"] = 2 * tp / max(2 * tp + fp + fn, 1.0)
-        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        out["matthews"] = float((tp * tn - fp * fn) / denom) if denom > 0 else 0.0
-    return {k: round(out[k], 6) for k in spec.metrics}
-
-
-def decode(spec: TaskSpec, outputs: np.ndarray) -> list[str]:
-    """Predictions as the task writes its labels: the label string, or the score with 4 decimals."""
-    if spec.regression:
-        return [f"{v:.4f}" for v in outputs.reshape(len(outputs), -1)[:, 0]]
-    return [spec.labels[i] for i in outputs.argmax(axis=1)]

@@ -1,6 +1,6 @@
 """The task teacher: a transformers model fine-tuned with a sequence-classification head, and its cached logits.
 
-Fine-tuning shares the student's loop (student.finetune.fit), so both report the same metrics.json.
+Fine-tuning shares the student's loop (finetune/fit.py), so both report the same metrics.json.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from student.augment import AugmentConfig, augment_examples
-from student.finetune import FinetuneConfig, check_out, clear_out, fit, prepare
-from student.task_model import read_task_json, write_task_json
-from student.tasks import TaskData, TaskSpec, load_inputs, load_split, resolve_data_dir, resolve_task
-from teacher_cache.errors import CacheError
+from finetune.augment import AugmentConfig, augment_examples
+from finetune.config import FinetuneConfig, LogitsConfig
+from finetune.fit import check_out, clear_out, fit
+from finetune.prepare import prepare
+from finetune.task_data import TaskData, load_inputs, load_split
+from finetune.task_model import read_task_json, write_task_json
+from finetune.tasks import TaskSpec, resolve_data_dir, resolve_task
+from teacher_cache.errors import UserError
 from teacher_cache.logits import logits_manifest, model_hash, write_logits_cache
 from teacher_cache.manifest import CacheManifest
 
@@ -39,7 +42,7 @@ def load_classifier(name: str, n_out: int | None = None, online: bool = False):
     except (OSError, ValueError) as exc:
         hint = "" if online else " (offline: pass a local folder, or --online to allow a download)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CacheError(f"--model {name}: cannot load as a transformers model{hint}: {first[:200]}") from None
+        raise UserError(f"--model {name}: cannot load as a transformers model{hint}: {first[:200]}") from None
     return model, tokenizer
 
 
@@ -114,45 +117,42 @@ def load_finetuned_teacher(folder: str | Path, device: str = "cpu") -> tuple[Tea
     """A folder written by finetune_teacher -> (runner in eval mode, its task)."""
     meta = read_task_json(folder)
     if meta.get("kind") != "teacher":
-        raise CacheError(f"--model {folder}: holds a fine-tuned {meta.get('kind')}, not a transformers teacher")
+        raise UserError(f"--model {folder}: holds a fine-tuned {meta.get('kind')}, not a transformers teacher")
     model, tokenizer = load_classifier(str(folder))
     return TeacherRunner(model.eval(), tokenizer, int(meta.get("max_length", 128)), device), \
         TaskSpec.from_dict(meta["task"])
 
 
-def cache_logits(model: str | Path, out: str | Path, task: str | None = None, data_dir: str | None = None,
-                 max_rows: int | None = None, batch_size: int = 64, shard_size: int = 50_000, device: str = "cpu",
-                 force: bool = False, quiet: bool = False, rows_file: str | Path | None = None,
-                 augment: AugmentConfig | None = None) -> CacheManifest:
+def cache_logits(cfg: LogitsConfig) -> CacheManifest:
     """Cache a fine-tuned teacher's logits over its task's training rows (ids = row positions in the file).
 
-    `rows_file` replaces the task's training file by another file in its layout (see `load_inputs`). With
-    `augment`, synthetic variants of the rows follow them (example i's copies at ids n + i*copies ...), for KD.
+    `cfg.rows_file` replaces the task's training file by another file in its layout (see `load_inputs`). With
+    `cfg.augment` N, N synthetic variants of each row follow the rows (example i's at ids n + i*N ...), for KD.
     """
-    runner, spec = load_finetuned_teacher(model, device)
-    if task is not None and spec.glue and resolve_task(task).name != spec.name:
-        raise CacheError(f"--task {task}: the teacher in {model} was fine-tuned on {spec.name}")
-    if shard_size < 1 or batch_size < 1 or (max_rows is not None and max_rows < 1):
-        raise CacheError("--shard-size, --batch-size and --max-rows must be positive")
-    if rows_file is None:
-        train = load_split(spec, "train", resolve_data_dir(spec, data_dir), max_rows)
+    cfg.validate()
+    runner, spec = load_finetuned_teacher(cfg.model, cfg.device)
+    if cfg.task is not None and spec.glue and resolve_task(cfg.task).name != spec.name:
+        raise UserError(f"--task {cfg.task}: the teacher in {cfg.model} was fine-tuned on {spec.name}")
+    if cfg.rows_file is None:
+        train = load_split(spec, "train", resolve_data_dir(spec, cfg.data_dir), cfg.max_rows)
     else:
-        train = load_inputs(spec, rows_file)
-        if max_rows is not None:
-            train = train.take(range(min(max_rows, len(train))))
+        train = load_inputs(spec, cfg.rows_file)
+        if cfg.max_rows is not None:
+            train = train.take(range(min(cfg.max_rows, len(train))))
     n_train = len(train)
-    if augment is not None and augment.copies > 0:
+    augment = AugmentConfig(copies=cfg.augment, seed=cfg.augment_seed)
+    if augment.copies > 0:
         texts, pairs = augment_examples(train.texts, train.pairs, augment)
         train = TaskData(train.path, train.texts + texts, None if pairs is None else train.pairs + pairs)
     rows = train.rows()
-    manifest = logits_manifest(str(Path(model).resolve()), model_hash(runner.model), spec.n_outputs,
+    manifest = logits_manifest(str(Path(cfg.model).resolve()), model_hash(runner.model), spec.n_outputs,
                                runner.max_length, rows, str(train.path), spec.name,
-                               list(spec.labels) if spec.labels else None, shard_size)
-    manifest.extra.update({"max_rows": max_rows, "train_rows": n_train,
-                           "augment": asdict(augment) if augment is not None and augment.copies > 0 else None})
+                               list(spec.labels) if spec.labels else None, cfg.shard_size)
+    manifest.extra.update({"max_rows": cfg.max_rows, "train_rows": n_train,
+                           "augment": asdict(augment) if augment.copies > 0 else None})
 
     def compute(start: int, chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Logits and word-piece counts of one shard's rows."""
-        return runner.predict(train, batch_size, start, start + len(chunk))
+        return runner.predict(train, cfg.batch_size, start, start + len(chunk))
 
-    return write_logits_cache(out, rows, compute, manifest, force=force, quiet=quiet)
+    return write_logits_cache(cfg.out, rows, compute, manifest, force=cfg.force, quiet=cfg.quiet)

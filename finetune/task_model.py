@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from finetune.task_data import TaskData
+from finetune.tasks import TaskSpec
 from student.student import Student
-from student.tasks import TaskData, TaskSpec
-from teacher_cache.errors import CacheError
-from teacher_cache.manifest import atomic_write_text
+from teacher_cache.atomic import atomic_write
+from teacher_cache.errors import UserError
 
 HEAD_NAME = "head.safetensors"
 TASK_JSON = "task.json"
@@ -103,20 +104,20 @@ def read_task_json(folder: str | Path) -> dict:
     """task.json of a fine-tuned folder, or a one-line error saying the folder is not one."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CacheError(f"--model {folder}: no such folder")
+        raise UserError(f"--model {folder}: no such folder")
     path = folder / TASK_JSON
     if not path.exists():
-        raise CacheError(f"--model {folder}: not a fine-tuned model (no {TASK_JSON}); make one with tc finetune")
+        raise UserError(f"--model {folder}: not a fine-tuned model (no {TASK_JSON}); make one with tc finetune")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise CacheError(f"{path}: unreadable ({exc})") from None
+        raise UserError(f"{path}: unreadable ({exc})") from None
 
 
 def write_task_json(folder: str | Path, kind: str, spec: TaskSpec, **extra: object) -> None:
     """task.json: what model kind the folder holds and the task it was fine-tuned on."""
     data = {"kind": kind, "task": spec.to_dict(), **extra}
-    atomic_write_text(Path(folder) / TASK_JSON, json.dumps(data, indent=2) + "\n")
+    atomic_write(Path(folder) / TASK_JSON, json.dumps(data, indent=2) + "\n")
 
 
 def save_task_model(folder: str | Path, model: StudentClassifier, spec: TaskSpec, args: dict) -> None:
@@ -137,12 +138,12 @@ def load_task_model(folder: str | Path, device: str = "cpu") -> tuple[StudentCla
     folder = Path(folder)
     meta = read_task_json(folder)
     if meta.get("kind") != "student":
-        raise CacheError(f"--model {folder}: holds a fine-tuned {meta.get('kind')}, not a student")
+        raise UserError(f"--model {folder}: holds a fine-tuned {meta.get('kind')}, not a student")
     head = TaskHead(**meta["head"])
     try:
         head.load_state_dict(load_file(str(folder / HEAD_NAME)))
     except Exception as exc:  # missing, truncated (safetensors' own error type) or of another shape
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CacheError(f"{folder / HEAD_NAME}: missing or does not match task.json ({first[:160]})") from None
+        raise UserError(f"{folder / HEAD_NAME}: missing or does not match task.json ({first[:160]})") from None
     model = StudentClassifier(Student.from_pretrained(folder), head)
     return model.to(device).eval(), TaskSpec.from_dict(meta["task"])

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from teacher_cache.errors import UserError
+
 
 def export(
     model: Annotated[Path, typer.Option(help="Student folder (from tc train-student).")] = Path("student_out"),
@@ -29,12 +31,11 @@ def export(
     Example: tc export --model student_out/ --to model2vec --out student_m2v/ --dtype int8
     """
     from student.export import export_student
-    from teacher_cache.errors import CacheError
 
     if not to:
-        raise CacheError("--to: choose model2vec or onnx")
+        raise UserError("--to: choose model2vec or onnx")
     if out is None:
-        raise CacheError("--out: name the folder to write")
+        raise UserError("--out: name the folder to write")
     result = export_student(model, to, out, dtype=dtype, force=force)
     typer.echo(f"{result.out}: {result.format} ({result.dtype}), {result.bytes / 2**20:,.1f} MiB; cosine to the "
                f"torch student >= {result.min_cosine:.6f} on the check sentences")

@@ -1,0 +1,89 @@
+"""A fine-tuning run's data, checked before anything is written: the task, its splits, and the teacher's logits
+(plus the augmented examples they label) from a KD cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finetune.config import FinetuneConfig
+from finetune.task_data import TaskData, load_split
+from finetune.tasks import TaskSpec, resolve_data_dir, resolve_task
+from teacher_cache.errors import CacheError, UserError
+from teacher_cache.reader import open_cache
+
+
+@dataclass
+class Prepared:
+    """A task's spec and data, checked before anything is written: train rows, evaluation splits, KD targets."""
+
+    spec: TaskSpec
+    data_dir: Path
+    train: TaskData
+    evals: dict[str, TaskData]
+    kd_targets: np.ndarray | None = None
+    transfer_rows: int = 0  # unlabelled augmented examples at the end of `train` (KD loss only)
+
+
+def holdout(data: TaskData, every: int = 10) -> tuple[TaskData, TaskData]:
+    """Split off every `every`-th row as a dev set (for a task of one's own given without --dev-file)."""
+    index = np.arange(len(data))
+    if len(data) < 2:
+        raise UserError(f"{data.path}: {len(data)} row(s); too few to hold out a dev set (pass --dev-file)")
+    return data.take(index[index % every != 0]), data.take(index[index % every == 0])
+
+
+def prepare(cfg: FinetuneConfig) -> Prepared:
+    """Resolve the task, read its files and the KD cache; every problem is a one-line error."""
+    spec = resolve_task(cfg.task, cfg.text_columns, cfg.label_column, cfg.labels, cfg.regression, cfg.dev_file)
+    data_dir = resolve_data_dir(spec, cfg.data_dir)
+    train = load_split(spec, "train", data_dir, cfg.max_train_rows)
+    evals = {split: load_split(spec, split, data_dir, cfg.max_eval_rows) for split in spec.evals}
+    evals = {k: v for k, v in evals.items() if v is not None}
+    if not evals:
+        train, evals["dev"] = holdout(train)
+    prep = Prepared(spec, data_dir, train, evals)
+    if cfg.kd_cache:
+        prep.kd_targets, transfer = load_kd_targets(cfg.kd_cache, spec, train)
+        if transfer is not None:  # augmented examples: learnt from the teacher's logits alone
+            prep.transfer_rows = len(transfer)
+            prep.train = TaskData(train.path, train.texts + transfer.texts,
+                                  None if train.pairs is None else train.pairs + transfer.pairs,
+                                  np.concatenate([train.labels.astype(transfer.labels.dtype), transfer.labels]),
+                                  train.lines + [0] * len(transfer))
+    return prep
+
+
+def load_kd_targets(path: str | Path, spec: TaskSpec, train: TaskData) -> tuple[np.ndarray, TaskData | None]:
+    """The cached teacher logits of the training rows (refused unless the cache holds exactly these rows), plus
+    the cache's augmented rows of those examples as unlabelled transfer data (None when it has none)."""
+    cache = open_cache(path)
+    m = cache.manifest
+    if m.kind != "logits":
+        raise CacheError(f"--kd-cache {path}: holds {m.kind}, not teacher logits; make one with tc cache-logits")
+    if m.extra.get("task") != spec.name:
+        raise CacheError(f"--kd-cache {path}: holds logits for task {m.extra.get('task')}, not {spec.name}")
+    if m.dim != spec.n_outputs:
+        raise CacheError(f"--kd-cache {path}: {m.dim} logits per row, task {spec.name} needs {spec.n_outputs}")
+    ours, cached_train = train.rows(), int(m.extra.get("train_rows") or len(cache))
+    if cached_train < len(ours):
+        raise CacheError(f"--kd-cache {path}: holds {cached_train:,} rows, the task's training file has "
+                         f"{len(ours):,} (rerun tc cache-logits without --max-rows)")
+    cached = cache.texts(np.arange(len(ours)))
+    for i, (a, b) in enumerate(zip(cached, ours, strict=True)):
+        if a != b:
+            raise CacheError(f"--kd-cache {path}: row {i} is {a[:50]!r}, the task's training file has {b[:50]!r}; "
+                             "cache the logits of this training file (tc cache-logits)")
+    targets = cache.vectors("logits", np.arange(len(ours)))
+    copies = int((m.extra.get("augment") or {}).get("copies", 0))
+    if not copies:
+        return targets, None
+    ids = cached_train + np.arange(len(ours) * copies)  # example i's variants follow in order, `copies` each
+    rows = cache.texts(ids)
+    texts, pairs = (rows, None) if not spec.pair else [list(side) for side in zip(*(r.split("\t", 1) for r in rows),
+                                                                                   strict=True)]
+    labels = np.full(len(rows), np.nan if spec.regression else -1, dtype=np.float32 if spec.regression else np.int64)
+    transfer = TaskData(train.path, texts, pairs, labels, [])
+    return np.concatenate([targets, cache.vectors("logits", ids)]), transfer

@@ -1,0 +1,71 @@
+"""Fine-tuning a student on a task: its encoder plus a head (finetune/task_model.py), optionally with task KD."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finetune.config import FinetuneConfig
+from finetune.fit import check_out, clear_out, fit
+from finetune.prepare import prepare
+from finetune.task_data import TaskData
+from finetune.task_model import StudentClassifier, TaskHead, save_task_model
+from student.student import Student
+from teacher_cache.errors import UserError
+
+
+def load_student_folder(path: str | Path) -> Student:
+    """--model as a student folder, or a one-line error saying what it is instead."""
+    path = Path(path)
+    if (path / "manifest.json").exists():
+        raise UserError(f"--model {path}: a teacher cache, not a student; pass a folder from tc train-student")
+    try:
+        return Student.from_pretrained(path)
+    except UserError as exc:
+        raise UserError(f"--model {exc}") from None
+
+
+def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dict:
+    """Fine-tune a student folder (or a given Student) on cfg.task; write the model and metrics.json to cfg.out."""
+    cfg.validate()
+    cfg.lr = cfg.lr or 1e-3
+    prep = prepare(cfg)
+    student = student if student is not None else load_student_folder(cfg.model)
+    check_out(cfg.out, cfg.model, cfg.force)
+    clear_out(cfg.out)
+    torch.manual_seed(cfg.seed)
+    spec = prep.spec
+    head = TaskHead(student.dim, spec.pair, spec.n_outputs, cfg.head_hidden, cfg.dropout)
+    model = StudentClassifier(student, head).to(cfg.device)
+    train = prep.train
+    if cfg.freeze_encoder:  # the encoder never changes: encode every split once, train the head on the vectors
+        student.requires_grad_(False)
+        cached = {id(d): model.features(d) for d in [train, *prep.evals.values()]}
+        u, v = cached[id(train)]
+
+        def forward(idx: np.ndarray) -> torch.Tensor:
+            """Head outputs of training rows from their cached vectors."""
+            return head(u[idx], None if v is None else v[idx])
+
+        def predict(data: TaskData) -> np.ndarray:
+            """Head outputs of a split from its cached vectors."""
+            head.eval()
+            with torch.inference_mode():
+                a, b = cached[id(data)]
+                return head(a, b).float().cpu().numpy()
+    else:
+        def forward(idx: np.ndarray) -> torch.Tensor:
+            """Outputs of training rows, through encoder and head."""
+            return model.forward_texts([train.texts[i] for i in idx],
+                                       [train.pairs[i] for i in idx] if train.pairs else None)
+
+        predict = model.predict
+    info = {"kind": "student", "model": str(cfg.model), "parameters": model.num_parameters(),
+            "freeze_encoder": cfg.freeze_encoder}
+    metrics = fit(cfg, prep, model, forward, predict, info)
+    args = {k: v for k, v in asdict(cfg).items() if k not in ("force", "quiet", "online")}
+    save_task_model(cfg.out, model, spec, args)
+    return metrics

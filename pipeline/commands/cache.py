@@ -1,0 +1,131 @@
+"""`tc encode`, `tc verify`, `tc info`: write a teacher cache, check it, describe it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.options import build, options_from
+from teacher_cache.encode_config import EncodeConfig, RayOptions
+from teacher_cache.errors import UserError
+
+
+@options_from(EncodeConfig, RayOptions)
+def encode(
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (a pool of Ray actors, one teacher "
+                                             "each; same cache; needs pip install -e \".[ray]\").")] = "local",
+    logits: Annotated[bool, typer.Option(help="Cache a task teacher's logits instead of sentence vectors: "
+                                              "--teacher is a folder from `tc finetune`, --corpus (optional) a "
+                                              "file in its task's layout; default its task's training rows. "
+                                              "The same as `tc cache-logits`.")] = False,
+    **settings,
+) -> None:
+    """Run the teacher over a corpus once and write its sentence vectors as a sharded cache.
+
+    Resumes after the last complete shard when rerun; refuses to mix settings without --force.
+
+    With --engine ray the shards are encoded by Ray actors and written by this process, in order: the same
+    shards, ids and manifest as the local engine.
+
+    With --logits it caches a fine-tuned task teacher's logits (for `tc finetune --kd-cache`).
+
+    Example: tc encode --corpus wiki.txt.gz --out out/ --pooling mean,cls --shard-size 50000
+
+    Example: tc encode --teacher ft_teacher/ --logits --out logits_cache/
+    """
+    from teacher_cache.encode import encode_corpus
+
+    if logits:
+        encode_logits(settings)
+        return
+    cfg = build(EncodeConfig, settings)
+    ray = RayOptions(settings["address"], settings["workers"], settings["gpus_per_worker"] or 0.0)
+    if engine == "ray":
+        from teacher_cache.ray_encode import encode_corpus_ray
+
+        manifest = encode_corpus_ray(cfg, ray)
+    elif engine == "local":
+        given = [flag for flag, value in (("--ray-address", ray.address), ("--workers", ray.workers),
+                                          ("--gpus-per-worker", ray.gpus_per_worker or None)) if value is not None]
+        if given:
+            raise UserError(f"{given[0]}: only with --engine ray")
+        manifest = encode_corpus(cfg)
+    else:
+        raise UserError(f"--engine {engine}: choose local or ray")
+    if not cfg.quiet:
+        typer.echo(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
+                   f"in {len(manifest.shards)} shard(s), precision {manifest.precision}", err=True)
+
+
+def encode_logits(settings: dict) -> None:
+    """`tc encode --logits`: `tc cache-logits` under encode's flag names (--teacher, --corpus: one file)."""
+    from finetune.config import LogitsConfig
+    from finetune.teachers import cache_logits
+
+    teacher, corpus = settings["teacher"], settings["corpus"]
+    if not teacher:
+        raise UserError("--logits: pass --teacher, a task teacher folder written by tc finetune")
+    if corpus and len(corpus) > 1:
+        raise UserError(f"--corpus: --logits reads one file in the task's layout, got {len(corpus)}")
+    cfg = LogitsConfig(model=teacher, out=str(settings["out"]), max_rows=settings["max_rows"],
+                       batch_size=settings["batch_size"] or 64, shard_size=settings["shard_size"],
+                       device=settings["device"], force=settings["force"], quiet=settings["quiet"],
+                       rows_file=corpus[0] if corpus else None)
+    manifest = cache_logits(cfg)
+    if not cfg.quiet:
+        typer.echo(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})",
+                   err=True)
+
+
+def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+    """Re-check every file against the manifest: shards (checksums, row counts, contiguous ids) and the others.
+
+    Exits 1 and names the bad shard when one fails.
+
+    Example: tc verify out/
+    """
+    from teacher_cache.reader import open_cache
+
+    cache = open_cache(directory, allow_partial=True)
+    problems = cache.verify()
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    state = "complete" if cache.manifest.complete else "INCOMPLETE (rerun tc encode to finish)"
+    files = len(cache.manifest.files)
+    typer.echo(f"ok: {len(cache.manifest.shards)} shards, {len(cache):,} rows and {files} other file(s), checksums "
+               f"match; {state}")
+    if not files and cache.manifest.kind != "logits":
+        typer.echo("note: this cache was written before other files were checksummed; its shards alone were "
+                   "checked", err=True)
+
+
+def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+    """Print what a cache holds: rows, dim, teacher, poolings, size on disk, token-length statistics.
+
+    Example: tc info out/
+    """
+    from teacher_cache.reader import open_cache
+
+    cache = open_cache(directory, allow_partial=True)
+    m = cache.manifest
+    stats = cache.token_stats()
+    lines = [
+        ("cache", f"{directory} ({'complete' if m.complete else 'incomplete'}, {m.format}, {m.dtype})"),
+        ("rows", f"{len(cache):,} in {len(m.shards)} shard(s) of up to {m.shard_size:,}"),
+        ("dim", str(m.dim)),
+        ("teacher", f"{m.teacher} (weights {m.teacher_hash[:12]})"),
+        ("pooling", ", ".join(f"{c}={p}" for c, p in m.columns.items()) + f"; normalized={m.normalize}"),
+        ("max_length", str(m.max_length)),
+        ("precision", m.precision),
+        ("corpus", f"{', '.join(m.corpus_files)} (fingerprint {m.corpus_fingerprint[:12]})"),
+        ("tokens/row", f"mean {stats['mean']:.1f}, median {stats['median']:.0f}, p95 {stats['p95']:.0f}, "
+                       f"max {stats['max']}, total {stats['total']:,}"),
+        ("size", f"{cache.size_on_disk() / 2**20:,.1f} MiB"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        typer.echo(f"{key:<{width}}  {value}")

@@ -1,0 +1,47 @@
+"""The settings of `tc probe` (ProbeConfig) and `tc demo` (DemoConfig), each declared once: the command-line
+options are built from these fields (teacher_cache/settings.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from teacher_cache.settings import setting
+
+
+@dataclass
+class ProbeConfig:
+    """Knobs of `tc probe`."""
+
+    shards: Path = setting(Path("out"), "Teacher cache folder (from tc encode).")
+    student: Path = setting(Path("student_out"), "Student folder (from tc train-student).")
+    k: int = setting(10, "Neighbours compared per query.")
+    queries: int | None = setting(None, "Held-out query rows (default: 1000, or a fifth of the rows probed if "
+                                        "fewer).")
+    index: str = setting("auto", "auto (exact; HNSW from 50,000 queries, where its build pays), flat, ivf or hnsw.")
+    report: Path = setting(Path("probe"), "Folder for report.json, report.md and PNG plots.")
+    max_rows: int | None = setting(20_000, "Probe a random sample of this many cached rows (0 = all).")
+    column: str | None = setting(None, "Cache vector column or pooling (default: the first).")
+    seed: int = setting(0, "Seed for the row sample and the query split.")
+    batch_size: int = setting(128, "Sentences per student encode batch.")
+    worst: int = setting(10, "Worst queries shown side by side in the report.")
+    query_texts: list[str] = setting(help="A sentence of your own; its neighbours are shown (repeatable). Loads "
+                                          "the teacher unless --teacher-free.", factory=list, flag="--query")
+    teacher_free: bool = setting(False, "With --query: show the student's side only.")
+    teacher: str | None = setting(None, "Teacher for --query (default: the one the cache names).")
+    quiet: bool = setting(False, "No progress on stderr.")
+
+
+@dataclass
+class DemoConfig:
+    """Knobs of `tc demo`; the defaults finish in a few minutes on 2 CPU cores."""
+
+    out: Path = setting(Path("demo"), "Folder for the cache, student, probe report and summary.")
+    corpus: list[str] | None = setting(None, "Corpus file(s) (default: the bundled 5,000 sentences).")
+    recipe: str = setting("static", "Student recipe: static, compact or paper (see `tc train-student --help`).")
+    arch: str | None = setting(None, "Student: bilstm, cnn or static.")
+    epochs: int | None = setting(None, "Training epochs.")
+    lr: float | None = setting(None, "Peak learning rate.")
+    max_rows: int | None = setting(None, "Use only the first N corpus rows.")
+    force: bool = setting(False, "Re-encode even if <out>/cache holds another cache.")
+    quiet: bool = setting(False, "No progress lines.")

@@ -1,0 +1,50 @@
+"""Optimizer groups, learning-rate schedules and gradient clipping, shared by distillation (student/train.py) and
+task fine-tuning (finetune/fit.py)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+DECAYS = ("cosine", "linear", "constant")
+
+
+def param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float, **extra) -> list[dict]:
+    """AdamW groups: weight decay on matrices (dim >= 2) only, none on biases and norms; `extra` (e.g. the group's
+    peak_lr) goes into both."""
+    params = list(params)
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra}]
+
+
+def lr_factor(step: int, total: int, warmup: int, decay: str = "cosine", min_ratio: float = 0.0) -> float:
+    """The share of the peak learning rate at `step` (0-based) of `total`: a linear warm-up over `warmup` steps,
+    then a cosine or linear decay to `min_ratio` at the last step (or constant)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    coeff = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}[decay]
+    return min_ratio + coeff * (1 - min_ratio)
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float, peak_lr: float) -> None:
+    """Set every group's rate to its own 'peak_lr' (default `peak_lr`) times `factor`."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group.get("peak_lr", peak_lr) * factor
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale all gradients (sparse ones included) so their joint norm is at most max_norm; return the norm."""
+    for p in parameters:
+        if p.grad is not None and p.grad.is_sparse:  # duplicate rows must be summed before the norm is taken
+            p.grad = p.grad.coalesce()
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norms = [(g._values() if g.is_sparse else g).norm() for g in grads]
+    total = torch.stack(norms).norm() if norms else torch.zeros(())
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale)
+    return float(total)

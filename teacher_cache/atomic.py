@@ -1,0 +1,60 @@
+"""Atomic writes: a temporary file beside the target, fsynced, then renamed over it, so readers see the old file or
+the whole new one and a failure (a full disk, Ctrl-C) leaves no partial file. Every file the project writes that
+someone may read back (shards, manifests, checkpoints, weights, metrics) goes through `atomic_path`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from teacher_cache.errors import UserError
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+    """Yield `<path>.tmp` to write; when the block ends it is fsynced and renamed onto `path`.
+
+    Any exception (or Ctrl-C) inside the block or while renaming removes the temporary file and leaves `path` as
+    it was; the exception propagates unchanged, for the caller to word.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        if fsync:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a write failed, in a few words: 'no space left on device' for a full disk (whatever type the library
+    raised it as: OSError, torch's RuntimeError, safetensors' own), else the OS's words or the message's first line."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in first or "file write failed" in first
+    return "no space left on device" if full else (getattr(exc, "strerror", None) or first)[:200]
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write text or bytes to `path` atomically; a failure is one UserError line and the previous file is kept."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({failure_reason(exc)}); the previous version is kept") from None
