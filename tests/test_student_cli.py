@@ -20,7 +20,8 @@ from student.train import TrainConfig, train
 from teacher_cache import open_cache
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--recipe", "paper", "--emb-dim", "16", "--hidden", "16", "--batch-size", "16", "--lr", "0.01", "--val-rows", "30"]
+TINY = ["--recipe", "paper", "--emb-dim", "16", "--hidden", "16", "--batch-size", "16", "--lr", "0.01",
+        "--val-rows", "30"]
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
