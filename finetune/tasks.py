@@ -14,6 +14,7 @@ from pathlib import Path
 
 from teacher_cache.errors import UserError
 
+# A development checkout's sibling folder; a user's checkout has none, so there --data-dir is required (one line).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue"
 Column = str | int  # a header name, or a 0-based position in a file without header
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 try:  # typer >= 0.20 vendors click; its exceptions are not click's (and it has no Exit or Abort)
     from typer._click import exceptions as click_exc
@@ -66,22 +66,15 @@ def internal_error(exc: BaseException) -> int:
 
 def check_device(name: str) -> None:
     """Refuse a --device that is not cpu/cuda, or cuda where there is none, in one line."""
-    import torch
+    from student.runtime import resolve_device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CacheError(f"--device {name}: choose cpu or cuda") from None
-    if device.type not in ("cpu", "cuda"):
-        raise CacheError(f"--device {name}: choose cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CacheError(f"--device {name}: no CUDA device is available")
+    resolve_device(name)
 
 
 def check_positive(value: int | None, flag: str) -> None:
     """Refuse a count flag below 1 (e.g. --batch-size 0) in one line."""
     if value is not None and value < 1:
-        raise CacheError(f"{flag} {value}: must be at least 1")
+        raise UserError(f"{flag} {value}: must be at least 1")
 
 
 def check_out_file(out: Path | None) -> None:
@@ -89,6 +82,6 @@ def check_out_file(out: Path | None) -> None:
     if out is None:
         return
     if out.is_dir():
-        raise CacheError(f"--out {out}: is a folder; give a file name")
+        raise UserError(f"--out {out}: is a folder; give a file name")
     if not out.parent.is_dir():
-        raise CacheError(f"--out {out}: the folder {out.parent} does not exist")
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 # Exact search costs rows x queries, building HNSW costs rows: measured at 100k and 1M rows, a build (~4e-4 s per
@@ -67,7 +67,7 @@ def build_index(database: np.ndarray, kind: str = "auto", k: int = 10, target_re
     auto: exact search unless n_queries (how many searches the index will serve) would repay an HNSW build.
     """
     if kind not in INDEXES:
-        raise CacheError(f"--index {kind}: choose one of {', '.join(INDEXES)}")
+        raise UserError(f"--index {kind}: choose one of {', '.join(INDEXES)}")
     if kind == "auto":
         kind = "hnsw" if n_queries >= APPROX_FROM_QUERIES else "flat"
     if kind == "flat":

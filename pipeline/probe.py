@@ -13,7 +13,7 @@ from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
 from student import Student
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import CacheError, UserError
 from teacher_cache.progress import format_seconds
 
 RECALL_DEPTHS = (10, 50, 100)
@@ -22,21 +22,21 @@ RECALL_DEPTHS = (10, 50, 100)
 def validate(cfg: ProbeConfig, rows: int) -> int:
     """Check flag values against the cache size; return how many rows will be probed."""
     if cfg.k < 1:
-        raise CacheError(f"--k {cfg.k}: must be at least 1")
+        raise UserError(f"--k {cfg.k}: must be at least 1")
     if cfg.queries is not None and cfg.queries < 1:
-        raise CacheError(f"--queries {cfg.queries}: must be at least 1")
+        raise UserError(f"--queries {cfg.queries}: must be at least 1")
     if cfg.max_rows is not None and cfg.max_rows < 2:
-        raise CacheError(f"--max-rows {cfg.max_rows}: must be at least 2")
+        raise UserError(f"--max-rows {cfg.max_rows}: must be at least 2")
     for text in cfg.query_texts:
         if not text.strip():
-            raise CacheError("--query: an empty sentence; give some text")
+            raise UserError("--query: an empty sentence; give some text")
     n = min(rows, cfg.max_rows or rows)
     if cfg.queries is None:
         cfg.queries = max(1, min(1000, n // 5))
     if cfg.queries >= n:
-        raise CacheError(f"--queries {cfg.queries}: must be fewer than the {n:,} rows probed")
+        raise UserError(f"--queries {cfg.queries}: must be fewer than the {n:,} rows probed")
     if cfg.k > n - cfg.queries:
-        raise CacheError(f"--k {cfg.k}: larger than the {n - cfg.queries:,} rows the queries are searched among")
+        raise UserError(f"--k {cfg.k}: larger than the {n - cfg.queries:,} rows the queries are searched among")
     return n
 
 
@@ -87,7 +87,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     n = validate(cfg, len(cache))
     student = Student.from_pretrained(cfg.student)
     if student.dim != cache.dim:
-        raise CacheError(f"--student {cfg.student}: outputs {student.dim}-d vectors but the cache holds "
+        raise UserError(f"--student {cfg.student}: outputs {student.dim}-d vectors but the cache holds "
                          f"{cache.dim}-d; probe a student distilled from this cache")
     rng = np.random.default_rng(cfg.seed)
     ids = np.sort(rng.choice(len(cache), n, replace=False)) if n < len(cache) else np.arange(n)
@@ -159,9 +159,9 @@ def user_queries(cfg: ProbeConfig, cache, student, t_index, s_index, texts, db_r
         try:
             encode = teacher_encoder(name, pooling=cache.manifest.columns.get(cache.vector_column(cfg.column)),
                                      max_length=cache.manifest.max_length)
-        except CacheError as exc:
-            raise CacheError(f"--query needs the teacher loaded ({exc}); "
-                             "pass --teacher PATH or --teacher-free") from None
+        except UserError as exc:
+            raise UserError(f"--query needs the teacher loaded ({exc}); "
+                            "pass --teacher PATH or --teacher-free") from None
         _, t_ids = t_index.search(normalize(encode(cfg.query_texts)), k)
     return [{"text": text, "student_neighbours": [texts[db_rows[j]] for j in s_ids[i]],
              "teacher_neighbours": None if t_ids is None else [texts[db_rows[j]] for j in t_ids[i]]}

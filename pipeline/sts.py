@@ -11,7 +11,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from teacher_cache.bundled import bundled_data
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 BUNDLED_STSB = bundled_data("stsbenchmark")
 TASKS = ("sts-b", "sts-b-dev", "sick-r", "sts12", "sts13", "sts14", "sts15", "sts16")
@@ -34,7 +34,7 @@ def read_stsbenchmark(path: Path, name: str) -> StsPairs:
     with open(path, encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if len(row) < 7:
-                raise CacheError(f"{path}:{lineno}: expected at least 7 tab-separated columns, found {len(row)}")
+                raise UserError(f"{path}:{lineno}: expected at least 7 tab-separated columns, found {len(row)}")
             gold.append(float(row[4]))
             left.append(row[5])
             right.append(row[6])
@@ -46,7 +46,7 @@ def read_senteval_sts(folder: Path, name: str) -> StsPairs:
     left, right, gold = [], [], []
     inputs = sorted(folder.glob("STS.input.*.txt"))
     if not inputs:
-        raise CacheError(f"{folder}: no STS.input.*.txt files")
+        raise UserError(f"{folder}: no STS.input.*.txt files")
     for path in inputs:
         gs_path = path.with_name(path.name.replace("STS.input.", "STS.gs."))
         if not gs_path.exists():
@@ -86,21 +86,21 @@ def find(data_dir: Path, pattern: str) -> Path | None:
 def load_task(task: str, data_dir: Path | None = None) -> StsPairs:
     """Load one STS task: STS-B from the bundled files unless --data-dir has them; others need --data-dir."""
     if task not in TASKS:
-        raise CacheError(f"--tasks {task}: unknown task; choose from {', '.join(TASKS)}")
+        raise UserError(f"--tasks {task}: unknown task; choose from {', '.join(TASKS)}")
     if task in ("sts-b", "sts-b-dev"):
         file = "sts-test.csv" if task == "sts-b" else "sts-dev.csv"
         path = (find(data_dir, file) if data_dir else None) or BUNDLED_STSB / file
         return read_stsbenchmark(path, "STS-B test" if task == "sts-b" else "STS-B dev")
     if data_dir is None:
-        raise CacheError(f"--tasks {task}: needs --data-dir with the SentEval files")
+        raise UserError(f"--tasks {task}: needs --data-dir with the SentEval files")
     if task == "sick-r":
         path = find(data_dir, "SICK_test_annotated.txt")
         if path is None:
-            raise CacheError(f"--data-dir {data_dir}: no SICK_test_annotated.txt for sick-r")
+            raise UserError(f"--data-dir {data_dir}: no SICK_test_annotated.txt for sick-r")
         return read_sick(path)
     folder = next((p for p in sorted(data_dir.rglob(f"{task.upper()}*")) if p.is_dir()), None)
     if folder is None:
-        raise CacheError(f"--data-dir {data_dir}: no {task.upper()}* folder with STS.input.*.txt files")
+        raise UserError(f"--data-dir {data_dir}: no {task.upper()}* folder with STS.input.*.txt files")
     return read_senteval_sts(folder, task.upper())
 
 

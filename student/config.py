@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 ARCHS = ("bilstm", "cnn", "static")
 POOLINGS = ("max", "mean")
@@ -38,7 +38,7 @@ class StudentConfig:
     def __post_init__(self) -> None:
         """Fill the architecture defaults, then check every field."""
         if self.arch not in ARCHS:
-            raise CacheError(f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
+            raise UserError(f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
         emb, hidden, pooling = ARCH_DEFAULTS[self.arch]
         self.emb_dim = emb if self.emb_dim is None else self.emb_dim
         self.hidden = hidden if self.hidden is None else self.hidden
@@ -48,7 +48,7 @@ class StudentConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise a one-line CacheError naming the first bad field."""
+        """Raise a one-line UserError naming the first bad field."""
         checks = [
             (self.vocab_size > 0, f"vocab_size {self.vocab_size}: must be positive"),
             (self.emb_dim > 0, f"--emb-dim {self.emb_dim}: must be positive"),
@@ -63,7 +63,7 @@ class StudentConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise CacheError(message)
+                raise UserError(message)
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""
@@ -84,8 +84,8 @@ class StudentConfig:
         """Read config.json from a student folder, with a one-line error when it is not one."""
         path = Path(folder) / CONFIG_NAME
         if not path.exists():
-            raise CacheError(f"{folder}: not a student folder (no {CONFIG_NAME})")
+            raise UserError(f"{folder}: not a student folder (no {CONFIG_NAME})")
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError) as exc:
-            raise CacheError(f"{path}: unreadable student config ({exc})") from None
+            raise UserError(f"{path}: unreadable student config ({exc})") from None

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from teacher_cache.errors import CacheError
-
-TRACE_IDS_ENV = "TC_DDP_TRACE_IDS"  # debug hook: a folder; each rank appends the ids it trains on to rank-<r>.txt
+from teacher_cache.errors import UserError
 
 
 @dataclass
@@ -54,7 +51,7 @@ def setup(device: torch.device) -> DistContext:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise CacheError(f"--nproc: local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+            raise UserError(f"--nproc: local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
                              "use at most one process per GPU")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -113,24 +110,8 @@ def check_world_size(state: dict | None, ctx: DistContext, out: str) -> None:
     """Refuse (one line) to resume a checkpoint saved by another number of processes: its data split differs."""
     saved = (state or {}).get("world_size", 1)
     if state is not None and saved != ctx.world_size:
-        raise CacheError(f"--resume: the checkpoint in {Path(out) / 'checkpoint'} was made by {saved} process(es), "
+        raise UserError(f"--resume: the checkpoint in {Path(out) / 'checkpoint'} was made by {saved} process(es), "
                          f"this run has {ctx.world_size}; resume it with --nproc {saved}")
-
-
-def id_tracer(ctx: DistContext) -> Callable[[torch.Tensor], None] | None:
-    """Debug hook (TRACE_IDS_ENV): a function appending a batch's cache ids to <folder>/rank-<r>.txt, or None."""
-    folder = os.environ.get(TRACE_IDS_ENV)
-    if not folder:
-        return None
-    path = Path(folder) / f"rank-{ctx.rank}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def trace(ids: torch.Tensor) -> None:
-        """Append one line of space-separated ids."""
-        with open(path, "a") as fh:
-            fh.write(" ".join(map(str, ids.tolist())) + "\n")
-
-    return trace
 
 
 def torchrun_command(nproc: int, module: str, args: list[str]) -> list[str]:

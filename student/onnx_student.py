@@ -14,7 +14,7 @@ import numpy as np
 
 from student.config import StudentConfig
 from student.tokenizer import WordPieceTokenizer, pad_ids
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 ONNX_NAME = "model.onnx"
 INPUT_NAMES = ("input_ids", "lengths")
@@ -27,7 +27,7 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise CacheError(f"onnxruntime is not installed: {ONNX_EXTRA}") from None
+        raise UserError(f"onnxruntime is not installed: {ONNX_EXTRA}") from None
     return onnxruntime
 
 
@@ -55,10 +55,10 @@ class OnnxStudent:
         path = Path(path)
         model = path / ONNX_NAME
         if not model.exists():
-            raise CacheError(f"{path}: no {ONNX_NAME} (write one with tc export --to onnx)")
+            raise UserError(f"{path}: no {ONNX_NAME} (write one with tc export --to onnx)")
         config = StudentConfig.load(path)
         if not (path / "tokenizer.json").exists():
-            raise CacheError(f"{path}: no tokenizer.json")
+            raise UserError(f"{path}: no tokenizer.json")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -67,7 +67,7 @@ class OnnxStudent:
             session = ort.InferenceSession(str(model), options, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CacheError(f"{model}: onnxruntime cannot load it ({first})") from None
+            raise UserError(f"{model}: onnxruntime cannot load it ({first})") from None
         return cls(session, config, (path / "tokenizer.json").read_bytes())
 
     def forward(self, id_lists: list[list[int]]) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from student.train_config import TrainConfig
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 RECIPES: dict[str, dict] = {
     # mean of SIF-weighted token vectors started from the teacher's per-token outputs: model2vec's starting point,
@@ -32,7 +32,7 @@ def recipe_config(name: str | None, **overrides) -> TrainConfig:
     """TrainConfig of recipe `name` (default DEFAULT_RECIPE) with the given knobs (None values ignored) on top."""
     name = name or DEFAULT_RECIPE
     if name not in RECIPES:
-        raise CacheError(f"--recipe {name}: unknown recipe; choose one of {', '.join(RECIPES)}")
+        raise UserError(f"--recipe {name}: unknown recipe; choose one of {', '.join(RECIPES)}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(overrides) - known
     if unknown:

@@ -16,7 +16,7 @@ from student.st_config import write_sentence_transformers_files
 from student.static_encode import static_sentence_vectors, supports_fast_path
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
 from teacher_cache.atomic import atomic_write
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 from teacher_cache.progress import Progress
 
 WEIGHTS_NAME = "model.safetensors"
@@ -30,7 +30,7 @@ class Student(nn.Module):
         """A randomly initialised student with `config`, tokenizing with the given tokenizer files."""
         super().__init__()
         if "tokenizer.json" not in tokenizer_files:
-            raise CacheError("a student needs tokenizer.json among its tokenizer files")
+            raise UserError("a student needs tokenizer.json among its tokenizer files")
         self.config = config
         self.tokenizer_files = dict(tokenizer_files)
         self.tokenizer = WordPieceTokenizer(tokenizer_files["tokenizer.json"], config.max_length, config.pad_id,
@@ -76,18 +76,18 @@ class Student(nn.Module):
         config = StudentConfig.load(path)
         weights = path / WEIGHTS_NAME
         if not weights.exists():
-            raise CacheError(f"{path}: no {WEIGHTS_NAME}")
+            raise UserError(f"{path}: no {WEIGHTS_NAME}")
         student = cls(config, read_tokenizer_files(path))
         try:
             state = load_file(str(weights))
         except Exception as exc:  # a truncated or foreign file (safetensors raises its own error type)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CacheError(f"{weights}: unreadable weights ({first[:200]})") from None
+            raise UserError(f"{weights}: unreadable weights ({first[:200]})") from None
         try:
             student.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise CacheError(f"{weights}: weights do not match config.json ({first})") from None
+            raise UserError(f"{weights}: weights do not match config.json ({first})") from None
         return student.to(device or "cpu").eval()
 
     def save_pretrained(self, path: str | Path) -> None:

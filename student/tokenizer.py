@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Tokenizer
 
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +24,7 @@ def read_tokenizer_files(folder: str | Path) -> dict[str, bytes]:
     """The tokenizer files found in `folder` (tokenizer.json required), as bytes, to copy with a student."""
     folder = Path(folder)
     if not (folder / "tokenizer.json").exists():
-        raise CacheError(f"{folder}: no tokenizer.json (a student needs the teacher's fast tokenizer)")
+        raise UserError(f"{folder}: no tokenizer.json (a student needs the teacher's fast tokenizer)")
     return {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
 
 
@@ -47,8 +47,9 @@ class WordPieceTokenizer:
         self.drop_unk = drop_unk and self.unk_id is not None
         fast = getattr(self.tokenizer, "encode_batch_fast", None)  # same ids, no offsets (tokenizers >= 0.20)
         self._encode_batch = fast or self.tokenizer.encode_batch
-        found = self.tokenizer.token_to_id("[PAD]")
-        self.pad_id = pad_id if pad_id is not None else (found if found is not None else 0)
+        # '<pad>' first: RoBERTa-style vocabularies (MPNet) also hold BERT's '[PAD]' as an ordinary token
+        found = next((i for i in map(self.tokenizer.token_to_id, ("<pad>", "[PAD]")) if i is not None), 0)
+        self.pad_id = pad_id if pad_id is not None else found
 
     @property
     def vocab_size(self) -> int:

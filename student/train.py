@@ -37,7 +37,7 @@ from student.runtime import autocast_dtype, deferred_interrupt, resolve_device
 from student.student import Student
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
 from student.train_config import RUN_ONLY, TrainConfig
-from teacher_cache.errors import CacheError, Terminated
+from teacher_cache.errors import CacheError, Terminated, UserError
 from teacher_cache.progress import Progress, log
 from teacher_cache.reader import open_cache
 
@@ -97,7 +97,7 @@ def _train(cfg: TrainConfig) -> dict:
     if not ddp.is_main:
         cfg = replace(cfg, quiet=True)  # rank 0 alone logs, evaluates and writes
     if ddp.enabled and device.type == "cuda" and cfg.sparse_embeddings == "yes":
-        raise CacheError("--sparse-embeddings yes: NCCL cannot all-reduce sparse gradients; use auto or no on CUDA")
+        raise UserError("--sparse-embeddings yes: NCCL cannot all-reduce sparse gradients; use auto or no on CUDA")
     amp = autocast_dtype(device, cfg.precision)
     cache = open_cache(cfg.shards)
     cache.check()
@@ -105,7 +105,7 @@ def _train(cfg: TrainConfig) -> dict:
     n_rows = len(cache) if cfg.max_rows is None else min(cfg.max_rows, len(cache))
     val_rows = min(2000, n_rows // 10) if cfg.val_rows is None else cfg.val_rows
     if val_rows >= n_rows:
-        raise CacheError(f"--val-rows {val_rows}: leaves no training rows (using {n_rows:,} rows of the cache)")
+        raise UserError(f"--val-rows {val_rows}: leaves no training rows (using {n_rows:,} rows of the cache)")
     tokenizer_files = read_tokenizer_files(cache.tokenizer_path)
     max_length = cfg.max_length or cache.manifest.max_length
     vocab = WordPieceTokenizer(tokenizer_files["tokenizer.json"], max_length).vocab_size
@@ -165,7 +165,6 @@ def _train(cfg: TrainConfig) -> dict:
     warmup = min(1000, max(1, total_steps // 20)) if cfg.warmup_steps is None else cfg.warmup_steps
     args |= {"warmup_steps": warmup, "total_steps": total_steps, "sparse_embeddings_used": sparse, "cache": cache_info,
              "world_size": ddp.world_size}
-    trace_ids = distributed.id_tracer(ddp)
 
     # ---- from here on we write into --out ------------------------------------------------------------------------
     distributed.barrier(ddp)  # every rank has passed the checks
@@ -222,8 +221,6 @@ def _train(cfg: TrainConfig) -> dict:
                 set_lr(optimizers, lr_factor(step, total_steps, warmup, cfg.decay, cfg.min_lr_ratio),
                        cfg.emb_lr or cfg.lr)
                 loss = float(train_step(model, batch, optimizers, scaler, cfg, amp))
-                if trace_ids:
-                    trace_ids(batch.ids)
                 rows, tokens, stop = distributed.all_sum(ddp, len(batch), int(batch.lengths.sum()), interrupted["hit"])
                 interrupted["hit"] = stop > 0  # a Ctrl-C on any rank stops all of them at this same step
                 step, batches_done, rows_seen = step + 1, batches_done + 1, rows_seen + int(rows)

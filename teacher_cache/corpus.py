@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import io
 import json
-import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,8 +213,3 @@ def _iter_table(path: Path, text_column: str | None, stats: CorpusStats | None =
             yield from frame.get_column(text_column).to_list()
     except Exception as exc:
         raise _table_error(path, kind, exc, "error while reading") from None
-
-
-def warn(message: str) -> None:
-    """Print a warning line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)

@@ -36,7 +36,6 @@ from teacher_cache.progress import Progress, log
 INSTALL_HINT = 'pip install -e ".[ray]"'
 MAX_RESTARTS = 3  # per actor; its queued shards are retried on the restarted actor
 QUEUED_PER_WORKER = 2  # shards queued on each actor, so it never waits for the driver
-CRASH_ENV = "TC_RAY_CRASH_ONCE"  # test hook, '<marker file>:<shard index>': that worker dies once, mid-shard
 
 
 def import_ray():
@@ -84,23 +83,12 @@ class ShardEncoder:
     def encode(self, index: int, texts: list[str], precision: str) -> tuple[int, dict, np.ndarray, float]:
         """(index, pooling -> float32 vectors in input order, word-pieces per row, seconds) for one shard."""
         started = time.perf_counter()
-        crash_once(index)
         token_ids = self.encoder.tokenize(texts)  # overlaps the other shard's forward passes (GPU workers)
         with self.teacher_lock:
             self.encoder.precision = precision  # passed with every call, so a restarted actor needs no state
             vectors = self.encoder.encode_tokenized(token_ids)
         n_tokens = np.fromiter((len(x) for x in token_ids), dtype=np.int32, count=len(token_ids))
         return index, vectors, n_tokens, time.perf_counter() - started
-
-
-def crash_once(index: int) -> None:
-    """Test hook: kill this worker process the first time it starts shard N (see CRASH_ENV)."""
-    hook = os.environ.get(CRASH_ENV)
-    if hook:
-        marker, at = hook.rsplit(":", 1)
-        if int(at) == index and not os.path.exists(marker):
-            open(marker, "w").close()
-            os._exit(1)
 
 
 def actor_concurrency(device: str) -> int:
@@ -180,10 +168,9 @@ def start_workers(ray, run: EncodeRun, options: RayOptions, device: str) -> list
     """Start the actors and wait until each holds the teacher (one-line error if one cannot load it)."""
     cfg, n = run.cfg, worker_count(ray, options)
     threads = 1  # one CPU per CPU worker: scale with --workers, as Ray schedules by CPU
-    hook = {"env_vars": {CRASH_ENV: os.environ[CRASH_ENV]}} if CRASH_ENV in os.environ else None
     actor = ray.remote(ShardEncoder).options(num_cpus=threads, num_gpus=options.gpus_per_worker,
                                              max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
-                                             max_concurrency=actor_concurrency(device), runtime_env=hook)
+                                             max_concurrency=actor_concurrency(device))
     teacher = run.manifest.teacher  # a hub name, or the teacher folder as an absolute path (workers run elsewhere)
     actors = [actor.remote(teacher, run.manifest.teacher_hash, device, cfg.online, run.poolings, run.max_length,
                            run.normalize, cfg.max_tokens, cfg.batch_size, threads) for _ in range(n)]

@@ -21,6 +21,17 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def one_line(code: int, err: str, *needles: str) -> str:
+    """Assert a CLI run failed with exactly one `error:` line (no traceback) holding every needle; return it."""
+    assert code != 0, err
+    assert "Traceback" not in err, err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def tc_subprocess(*args: str, **kwargs) -> subprocess.Popen:
     """Start `tc ARGS` as a separate process (for SIGKILL / SIGINT tests)."""
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)],

@@ -296,6 +296,7 @@ def test_export_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, monke
 def test_an_interrupted_export_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
     import student.export as export_module
+    import student.export_formats as formats_module
 
     make_student("cnn", tmp_path / "s")
 
@@ -303,7 +304,7 @@ def test_an_interrupted_export_leaves_nothing_half_written(tmp_path, capsys, mon
         (tmp_path / "marker").touch()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_module, "onnx_weights_to_int8", crash)
+    monkeypatch.setattr(formats_module, "onnx_weights_to_int8", crash)
     with pytest.raises(KeyboardInterrupt):
         export_module.export_student(tmp_path / "s", "onnx", tmp_path / "o", dtype="int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["marker", "s"]

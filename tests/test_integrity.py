@@ -15,7 +15,7 @@ import pytest
 from teacher_cache import open_cache
 from teacher_cache.errors import CacheError
 from teacher_cache.lock import LOCK_NAME
-from tests.helpers import error_lines, run_cli, shard_digests
+from tests.helpers import one_line, run_cli, shard_digests
 from tests.test_locks_and_force import checkpoint_step, spawn_training
 
 TRAIN = ["--arch", "bilstm", "--init-embeddings", "teacher", "--loss", "mse", "--emb-dim", "16", "--hidden", "16",
@@ -25,15 +25,6 @@ TRAIN = ["--arch", "bilstm", "--init-embeddings", "teacher", "--loss", "mse", "-
 def encode_args(teacher_dir, corpus, out, *extra):
     return ["encode", "--corpus", str(corpus), "--out", str(out), "--teacher", str(teacher_dir), "--max-length", "64",
             "--precision", "fp32", "--pooling", "mean,cls", "--shard-size", "100", *extra]
-
-
-def one_line(code, err, *needles):
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def flip_byte(path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 from teacher_cache import open_cache
 from teacher_cache.errors import CacheError
 from teacher_cache.lock import LOCK_NAME, FolderLock, holder
-from tests.helpers import error_lines, run_cli, shard_digests, tc_subprocess
+from tests.helpers import one_line, run_cli, shard_digests, tc_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,16 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def encode_args(teacher_dir, corpus, out, *extra):
     return ["encode", "--corpus", str(corpus), "--out", str(out), "--teacher", str(teacher_dir),
             "--max-length", "64", "--precision", "fp32", *extra, "--quiet"]
-
-
-def one_line(code, err, *needles):
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def wait_for(predicate, proc, timeout=120.0):

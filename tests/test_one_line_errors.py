@@ -12,22 +12,12 @@ from pathlib import Path
 import pytest
 
 from teacher_cache import open_cache
-from tests.helpers import error_lines, run_cli, tc_subprocess
+from tests.helpers import error_lines, one_line, run_cli, tc_subprocess
 
 
 def encode_args(teacher_dir, corpus, out, *extra):
     return ["encode", "--corpus", str(corpus), "--out", str(out), "--teacher", str(teacher_dir),
             "--max-length", "64", "--precision", "fp32", *extra]
-
-
-def one_line(code, err, *needles):
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # ---- unexpected errors ----------------------------------------------------------------------------------------
@@ -184,14 +174,14 @@ def test_a_truncated_student_is_one_line_naming_its_weights(tiny_cache, tmp_path
     from student import Student
     from student.config import StudentConfig
     from student.tokenizer import read_tokenizer_files
-    from teacher_cache.errors import CacheError
+    from teacher_cache.errors import UserError
 
     folder = tmp_path / "student"
     config = StudentConfig(arch="static", vocab_size=30522, emb_dim=8, out_dim=32, max_length=64)
     Student(config, read_tokenizer_files(tiny_cache / "tokenizer")).save_pretrained(folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(CacheError, match="model.safetensors: unreadable weights"):
+    with pytest.raises(UserError, match="model.safetensors: unreadable weights"):
         Student.from_pretrained(folder)
     code, _, err = run_cli(capsys, "eval", "--student", folder, "--tasks", "sts-b")
     one_line(code, err, f"{weights}: unreadable weights")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from tests.helpers import error_lines, run_cli
 TINY = ("--recipe", "paper", "--emb-dim", "16", "--hidden", "16", "--epochs", "2", "--lr", "1e-2", "--val-rows", "30",
         "--checkpoint-every", "0", "--eval-every", "7", "--quiet")
 STEPS_PER_EPOCH = 17
+HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
 def ddp_args(cache, out, *extra):
@@ -31,9 +33,10 @@ def ddp_args(cache, out, *extra):
 
 @pytest.fixture(scope="module")
 def ddp_run(tiny_cache, tmp_path_factory):
-    """One 2-rank run of 2 epochs, each rank writing the ids it trained on (the TC_DDP_TRACE_IDS hook)."""
+    """One 2-rank run of 2 epochs, each rank writing the ids it trained on (tests/hooks: TC_DDP_TRACE_IDS)."""
     folder = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")])))
         mp.setenv("TC_DDP_TRACE_IDS", str(folder / "ids"))
         mp.setenv("OMP_NUM_THREADS", "1")
         from pipeline.cli import main

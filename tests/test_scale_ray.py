@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from teacher_cache import open_cache
 from teacher_cache.shards import read_shard, vectors_of
 from tests.helpers import error_lines, run_cli, shard_digests
 
+HOOKS = Path(__file__).resolve().parent / "hooks"
 SHARD = "250"  # 2,000 rows -> 8 shards for 2 workers: completions arrive out of order
 
 
@@ -26,12 +29,21 @@ def corpus_2k(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray instance with 2 CPUs, shut down after the module."""
+def crash_control(tmp_path_factory):
+    """The file the tests/hooks wrapper in each Ray worker reads: '<marker>:<shard>' kills that worker once."""
+    return tmp_path_factory.mktemp("ray_hooks") / "crash_once"
+
+
+@pytest.fixture(scope="module")
+def local_ray(crash_control):
+    """A local Ray instance with 2 CPUs, shut down after the module; its workers load tests/hooks."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:  # the workers inherit this environment
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")])))
+        mp.setenv("TC_RAY_CRASH_ONCE", str(crash_control))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()
 
 
 def args(teacher_dir, corpus, out, *extra):
@@ -107,11 +119,11 @@ def test_rerun_resumes_after_last_complete_shard(local_ray, teacher_dir, corpus_
     assert code == 0 and "already complete" in err
 
 
-def test_a_worker_killed_mid_shard_is_retried(local_ray, teacher_dir, corpus_2k, local_cache, tmp_path, capsys,
-                                             monkeypatch):
+def test_a_worker_killed_mid_shard_is_retried(local_ray, crash_control, teacher_dir, corpus_2k, local_cache,
+                                             tmp_path, capsys):
     """The hook makes a worker process exit at the start of shard 5; Ray restarts it and retries the shard."""
     marker = tmp_path / "crashed"
-    monkeypatch.setenv("TC_RAY_CRASH_ONCE", f"{marker}:5")
+    crash_control.write_text(f"{marker}:5")  # read by the tests/hooks wrapper in every worker
     out = tmp_path / "ray"
     code, _, err = run_cli(capsys, *args(teacher_dir, corpus_2k, out, "--engine", "ray", "--workers", "2"))
     assert code == 0, err

@@ -9,7 +9,7 @@ import torch
 from student import Student, StudentConfig
 from student.models import init_from_teacher, project_embeddings
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import UserError
 
 
 def tiny_student(cache_dir, arch: str = "bilstm", **kw) -> Student:
@@ -68,14 +68,14 @@ def test_save_load_round_trip(tiny_cache, sentences, tmp_path):
 
 
 def test_from_pretrained_refuses_non_student(tmp_path):
-    with pytest.raises(CacheError, match="not a student folder"):
+    with pytest.raises(UserError, match="not a student folder"):
         Student.from_pretrained(tmp_path)
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(CacheError, match="--arch"):
+    with pytest.raises(UserError, match="--arch"):
         StudentConfig(arch="transformer")
-    with pytest.raises(CacheError, match="--emb-dim"):
+    with pytest.raises(UserError, match="--emb-dim"):
         StudentConfig(emb_dim=0)
     assert StudentConfig(arch="static").pooling == "mean" and StudentConfig().hidden == 512
 

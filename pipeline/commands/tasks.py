@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,7 @@ from finetune.config import FinetuneConfig, LogitsConfig
 from pipeline.options import build, options_from
 from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import UserError
+from teacher_cache.progress import log
 from teacher_cache.settings import comma_list
 
 
@@ -129,4 +129,4 @@ def predict(
     scores = compute_metrics(spec, outputs, data.labels) if data.labels is not None else {}
     where = f" to {out}" if out else ""
     metric = ("; " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())) if scores else ""
-    print(f"{len(data):,} predictions ({len(data) / max(seconds, 1e-9):,.0f}/s){where}{metric}", file=sys.stderr)
+    log(f"{len(data):,} predictions ({len(data) / max(seconds, 1e-9):,.0f}/s){where}{metric}")

@@ -16,7 +16,9 @@ from student.train_config import TrainConfig
 from teacher_cache.errors import UserError
 
 # What a recipe sets is left unset on the command line, so that the recipe's value holds unless the option is given.
-RECIPE_KNOBS = {name: "the recipe's" for recipe in RECIPES.values() for name in recipe}
+RECIPE_KNOBS = {name: "the recipe's" for name in ("arch", "epochs", "batch_size", "lr", "emb_lr", "init_embeddings",
+                                                  "token_weights", "static_path", "kernel_sizes", "sif", "loss",
+                                                  "emb_dim", "hidden", *(k for r in RECIPES.values() for k in r))}
 
 
 @options_from(TrainConfig, unset=RECIPE_KNOBS)
