@@ -201,6 +201,11 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
     if existing is not None:
         max_rows = [] if existing.extra.get("max_rows") == cfg.max_rows else [
             f"max_rows: {existing.extra.get('max_rows')!r} != {cfg.max_rows!r}"]
+        if max_rows and can_grow(existing, cfg.max_rows):
+            target = f"{cfg.max_rows:,}" if cfg.max_rows else "all"
+            log(f"{out}: growing the cache from its first {existing.rows:,} rows "
+                f"(--max-rows {existing.extra['max_rows']}) to {target} rows", cfg.quiet)
+            existing.complete, max_rows = False, []
         if resume(out, manifest, existing, max_rows):
             if save_token_outputs(teacher, out):
                 log(f"{out}: added the teacher's per-token outputs ({TOKEN_OUTPUTS_FILE})", cfg.quiet)
@@ -223,6 +228,17 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
     if run.done_rows:
         log(f"resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows)", cfg.quiet)
     return run
+
+
+def can_grow(existing: CacheManifest, max_rows: int | None) -> bool:
+    """Whether a complete cache cut at --max-rows can be extended to `max_rows` (None: all) by resuming.
+
+    Only when its cut fell on a shard boundary and was reached, so the grown cache has the very shards a fresh
+    run with the new --max-rows would write.
+    """
+    old = existing.extra.get("max_rows")
+    return (existing.complete and old is not None and (max_rows is None or max_rows > old)
+            and existing.rows == old and old % existing.shard_size == 0)
 
 
 def encode_corpus(cfg: EncodeConfig) -> CacheManifest:

@@ -138,3 +138,20 @@ def test_real_teacher_matches_sentence_transformers(tmp_path, capsys):
     assert cosine.min() > 0.999
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["normalize"] is True and manifest["pooling"] == ["mean"] and manifest["dim"] == 384
+
+
+def test_a_cache_cut_at_max_rows_grows_into_the_fresh_full_cache(tmp_path, teacher_dir, corpus_file, tiny_cache):
+    from teacher_cache.errors import CacheMismatchError
+    from tests.helpers import shard_digests
+
+    grown, first = encode(tmp_path, teacher_dir, corpus_file, "grown", pooling=["mean"], shard_size=100,
+                          max_rows=200)
+    assert first.rows == 200
+    _, manifest = encode(tmp_path, teacher_dir, corpus_file, "grown", pooling=["mean"], shard_size=100)
+    fresh, _ = encode(tmp_path, teacher_dir, corpus_file, "fresh", pooling=["mean"], shard_size=100)
+    assert manifest.complete and manifest.rows == 300
+    assert shard_digests(grown) == shard_digests(fresh)  # the same shards a fresh full run writes
+    # a cut inside a shard cannot grow into a fresh run's shard boundaries: refused, as any other difference
+    encode(tmp_path, teacher_dir, corpus_file, "ragged", pooling=["mean"], shard_size=100, max_rows=150)
+    with pytest.raises(CacheMismatchError, match="max_rows"):
+        encode(tmp_path, teacher_dir, corpus_file, "ragged", pooling=["mean"], shard_size=100)
