@@ -70,6 +70,15 @@ def goal_check(recipe: str | None, row: dict, teacher: dict) -> str:
     return "met" if not misses else "not met (" + "; ".join(misses) + ")"
 
 
+def teacher_label(path: str) -> str:
+    """A readable teacher name: the bundled default's model name, else the folder (or hub) name."""
+    from teacher_cache.teacher import default_teacher_path
+
+    if Path(path).resolve() == Path(default_teacher_path()).resolve():
+        return "all-MiniLM-L6-v2"
+    return Path(path).name
+
+
 def replace_section(marker: str, section: str) -> None:
     """Put `section` between this marker's comments in RESULTS.md, replacing what was there (else append)."""
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
@@ -97,7 +106,7 @@ def main() -> None:
     sts_tasks = [load_task("sts-b"), load_task("sts-b-dev")]
     if STS_TRAIN.exists():
         sts_tasks.append(read_stsbenchmark(STS_TRAIN, "STS-B train"))
-    teacher_name = Path(cache.manifest.teacher).name
+    teacher_name = teacher_label(cache.manifest.teacher)
     teacher = teacher_encoder(cache.manifest.teacher)
     rows = [measure(f"teacher {teacher_name}", teacher, texts, teacher_vecs,
                     sum(p.numel() for p in teacher.teacher.model.parameters()), sts_tasks)]
@@ -110,7 +119,8 @@ def main() -> None:
                       model.num_parameters(), sts_tasks, passes=2)
         row |= {"recipe": train_args.get("recipe"), "rows_seen": metrics.get("rows_seen", 0),
                 "train_min": metrics.get("train_seconds", 0) / 60, "train_per_s": metrics.get("sentences_per_second"),
-                "cache_rows": train_args.get("cache", {}).get("rows"), "arch": train_args.get("arch")}
+                "cache_rows": min(train_args.get("cache", {}).get("rows") or 0, train_args.get("max_rows") or 10**12),
+                "arch": train_args.get("arch")}
         rows.append(row)
     if not args.no_model2vec:
         from model2vec.distill import distill
