@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from student.config import StudentConfig
-from student.tokenizer import WordPieceTokenizer, pad_ids
+from student.tokenizer import WordPieceTokenizer, encode_inputs, pad_ids
 from teacher_cache.errors import UserError
 
 ONNX_NAME = "model.onnx"
@@ -79,12 +79,7 @@ class OnnxStudent:
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32,
                normalize_embeddings: bool = False, **kwargs: Any) -> np.ndarray:
         """Sentence vectors (n, dim) float32 in input order (1-D for a single str); batching never changes them."""
-        single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
-        if any(not isinstance(t, str) for t in texts):
-            raise TypeError("encode() takes a str or a sequence of str")
-        if batch_size < 1:
-            raise ValueError(f"batch_size {batch_size}: must be at least 1")
+        texts, single = encode_inputs(sentences, batch_size)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first, as Student.encode
         for start in range(0, len(texts), batch_size):

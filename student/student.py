@@ -14,7 +14,7 @@ from student.config import StudentConfig
 from student.models import build_encoder
 from student.st_config import write_sentence_transformers_files
 from student.static_encode import static_sentence_vectors, supports_fast_path
-from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+from student.tokenizer import WordPieceTokenizer, encode_inputs, read_tokenizer_files
 from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import UserError
 from teacher_cache.progress import Progress
@@ -110,12 +110,7 @@ class Student(nn.Module):
                show_progress_bar: bool | None = None, convert_to_tensor: bool = False,
                device: str | None = None) -> np.ndarray | torch.Tensor:
         """Sentence vectors (n, dim) in input order (1-D for a single str); batching never changes the result."""
-        single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
-        if any(not isinstance(t, str) for t in texts):
-            raise TypeError("encode() takes a str or a sequence of str")
-        if batch_size < 1:
-            raise ValueError(f"batch_size {batch_size}: must be at least 1")
+        texts, single = encode_inputs(sentences, batch_size)
         if device is not None:
             self.to(device)
         fast = supports_fast_path(self.encoder)  # static: one bag gather per chunk, no padding, no sorting

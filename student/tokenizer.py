@@ -83,3 +83,14 @@ def pad_ids(id_lists: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
     flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(lengths.sum()))
     out[np.arange(out.shape[1])[None, :] < lengths[:, None]] = flat  # row-major: each row's ids in order
     return out, lengths
+
+
+def encode_inputs(sentences, batch_size: int) -> tuple[list[str], bool]:
+    """encode()'s argument check, shared by Student and OnnxStudent: (texts, whether a single str was given)."""
+    single = isinstance(sentences, str)
+    texts = [sentences] if single else list(sentences)
+    if any(not isinstance(t, str) for t in texts):
+        raise TypeError("encode() takes a str or a sequence of str")
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size}: must be at least 1")
+    return texts, single
