@@ -76,6 +76,7 @@ def render_summary(cfg, manifest, report, metrics, sts, teacher_rate, params, se
         f"{metrics['rows_seen']:,} rows seen.",
         f"Plots and worst queries: {cfg.out / 'probe' / 'report.md'}; cache: {cfg.out / 'cache'}; "
         f"student: {cfg.out / 'student'} (load with Student.from_pretrained).",
-        "A demo-sized corpus makes a weak student: see benchmarks/RESULTS.md for a 100k-sentence run.",
+        "More text makes a closer student: the same recipe on 868k sentences reaches 0.93x the teacher on STS-B "
+        "test (benchmarks/RESULTS.md).",
     ]
     return "\n".join(lines) + "\n"

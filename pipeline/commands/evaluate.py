@@ -90,7 +90,7 @@ def format_table(header: list[str], rows: list[tuple[str, list[float]]]) -> str:
 def demo(**settings) -> None:
     """Run the whole pipeline on the bundled sample: encode -> train-student -> probe -> eval, then one table.
 
-    Takes a few minutes on 2 CPU cores; rerunning reuses the finished cache.
+    Takes about a minute on 2 CPU cores; rerunning reuses the finished cache.
 
     Example: tc demo --out demo/ --recipe static
     """
