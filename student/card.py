@@ -27,6 +27,11 @@ def model_card(args: dict, metrics: dict, n_params: int) -> str:
     cache = args.get("cache", {})
     final, initial = metrics.get("final", {}), metrics.get("initial", {})
     rows = "\n".join(f"| {k} | {_fmt(initial.get(k, ''))} | {_fmt(v)} |" for k, v in final.items())
+    static = args.get("arch") == "static" and args.get("pooling", "mean") == "mean"
+    st_flag = "" if static else ", trust_remote_code=True"
+    st_how = ("its own StaticEmbedding module, the same cosines; its evaluators, similarity functions, losses and "
+              "trainer work on it" if static else "same vectors; its evaluators, similarity functions, losses and "
+              "trainer work on it; the flag lets it import this package's module class, nothing is downloaded")
     return f"""# Student sentence encoder ({args['arch']})
 
 Distilled without labels from the sentence vectors of a cached teacher (sentence representation
@@ -64,13 +69,12 @@ model = Student.from_pretrained("{args.get('out', '.')}")
 vectors = model.encode(["A sentence.", "Another one."])  # numpy, (2, {cache.get('dim')})
 ```
 
-With sentence-transformers (same vectors; its evaluators, similarity functions, losses and trainer work on it;
-the flag lets it import this package's module class, nothing is downloaded):
+With sentence-transformers ({st_how}):
 
 ```python
 from sentence_transformers import SentenceTransformer
 
-model = SentenceTransformer("{args.get('out', '.')}", trust_remote_code=True)
+model = SentenceTransformer("{args.get('out', '.')}"{st_flag})
 vectors = model.encode(["A sentence.", "Another one."])
 ```
 

@@ -20,7 +20,9 @@ from teacher_cache.lock import LOCK_NAME, FolderLock
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
 # What a training run writes into --out; --force replaces these and nothing else.
-OUTPUT_FILES = (CONFIG_NAME, "model.safetensors", "training_args.json", "metrics.json", "README.md", *TOKENIZER_FILES)
+OUTPUT_FILES = (CONFIG_NAME, "model.safetensors", "training_args.json", "metrics.json", "README.md", "modules.json",
+                "config_sentence_transformers.json", *TOKENIZER_FILES)
+OUTPUT_DIRS = ("0_StaticEmbedding",)  # student/st_config.py: a static student's sentence-transformers module
 
 
 def checkpoint_file(out: str | Path) -> Path:
@@ -133,7 +135,8 @@ def clear_output(out: str | Path, names: tuple[str, ...] = OUTPUT_FILES) -> None
     out = Path(out)
     for name in names:
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    for name in (CHECKPOINT_DIR, *OUTPUT_DIRS):
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 @contextmanager

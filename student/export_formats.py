@@ -18,6 +18,7 @@ import torch
 
 from student.config import StudentConfig
 from student.onnx_student import INPUT_NAMES, ONNX_EXTRA, ONNX_NAME, OUTPUT_NAME, import_onnxruntime
+from student.static_encode import folded_static_matrix
 from student.student import Student
 from teacher_cache.errors import UserError
 
@@ -41,13 +42,7 @@ def check_model2vec_student(config: StudentConfig, model: Path) -> None:
 
 def folded_matrix(student: Student) -> np.ndarray:
     """(vocab, out_dim) float32 rows proj(w_t e_t), bias included, computed in float64."""
-    encoder = student.encoder
-    with torch.no_grad():
-        rows = encoder.embedding.weight.detach().double().cpu()
-        if encoder.token_weights is not None:
-            rows = rows * encoder.token_weights.weight.detach().double().cpu()
-        matrix = rows @ encoder.proj.weight.detach().double().cpu().T + encoder.proj.bias.detach().double().cpu()
-    return matrix.float().numpy()
+    return folded_static_matrix(student.encoder)
 
 
 def quantize_rows_int8(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

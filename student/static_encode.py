@@ -38,3 +38,14 @@ def static_sentence_vectors(encoder: nn.Module, id_lists: list[list[int]]) -> to
                            per_sample_weights=weights)
     counts = torch.from_numpy(lengths).to(device=device, dtype=sums.dtype).clamp(min=1.0)
     return encoder.proj(sums / counts[:, None])
+
+
+def folded_static_matrix(encoder: nn.Module) -> np.ndarray:
+    """(vocab, out_dim) float32 rows proj(w_t e_t), bias included, computed in float64: the mean of a sentence's
+    rows is its vector, so one static matrix (model2vec, sentence-transformers' StaticEmbedding) reproduces it."""
+    with torch.no_grad():
+        rows = encoder.embedding.weight.detach().double().cpu()
+        if encoder.token_weights is not None:
+            rows = rows * encoder.token_weights.weight.detach().double().cpu()
+        matrix = rows @ encoder.proj.weight.detach().double().cpu().T + encoder.proj.bias.detach().double().cpu()
+    return matrix.float().numpy()

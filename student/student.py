@@ -13,7 +13,7 @@ from torch import nn
 from student.config import StudentConfig
 from student.models import build_encoder
 from student.st_config import write_sentence_transformers_files
-from student.static_encode import static_sentence_vectors, supports_fast_path
+from student.static_encode import folded_static_matrix, static_sentence_vectors, supports_fast_path
 from student.tokenizer import WordPieceTokenizer, encode_inputs, read_tokenizer_files
 from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import UserError
@@ -104,7 +104,17 @@ class Student(nn.Module):
         atomic_write(path / WEIGHTS_NAME, save(state, metadata={"format": "pt", "arch": self.config.arch}))
         for name, data in self.tokenizer_files.items():
             (path / name).write_bytes(data)
-        write_sentence_transformers_files(path)
+        write_sentence_transformers_files(path, self.sentence_transformers_static())
+
+    def sentence_transformers_static(self) -> tuple[np.ndarray, bytes] | None:
+        """For a static student tokenising as model2vec: its folded matrix ([UNK] row zero) and tokenizer.json,
+        to save as sentence-transformers' own StaticEmbedding; None for every other student."""
+        if not supports_fast_path(self.encoder) or self.config.add_special_tokens:
+            return None
+        matrix = folded_static_matrix(self.encoder)
+        if self.tokenizer.unk_id is not None and self.tokenizer.drop_unk:
+            matrix[self.tokenizer.unk_id] = 0.0  # the student drops [UNK]: a zero row only scales the mean
+        return matrix, self.tokenizer_files["tokenizer.json"]
 
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False,
                show_progress_bar: bool | None = None, convert_to_tensor: bool = False,

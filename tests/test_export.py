@@ -99,9 +99,16 @@ def test_student_folder_loads_in_sentence_transformers(arch, tmp_path):
     st = pytest.importorskip("sentence_transformers")
     student = make_student(arch, tmp_path / "s")
     modules = json.loads((tmp_path / "s" / "modules.json").read_text())
-    assert modules == [{"idx": 0, "name": "0", "path": "", "type": "student.st_module.StudentSentenceEncoder"}]
-    model = st.SentenceTransformer(str(tmp_path / "s"), device="cpu", trust_remote_code=True, local_files_only=True)
-    texts = TEXTS + EDGE
+    if arch == "static":  # sentence-transformers' own module: no flag needed
+        assert modules == [{"idx": 0, "name": "0", "path": "0_StaticEmbedding",
+                            "type": "sentence_transformers.models.StaticEmbedding"}]
+        model = st.SentenceTransformer(str(tmp_path / "s"), device="cpu", local_files_only=True)
+        texts = TEXTS  # EDGE: the empty and all-[UNK] sentences are zeros there (as in model2vec)
+    else:
+        assert modules == [{"idx": 0, "name": "0", "path": "", "type": "student.st_module.StudentSentenceEncoder"}]
+        model = st.SentenceTransformer(str(tmp_path / "s"), device="cpu", trust_remote_code=True,
+                                       local_files_only=True)
+        texts = TEXTS + EDGE
     got = model.encode(texts, batch_size=4)
     want = student.encode(texts)
     assert cosines(got, want).min() > 0.9999
@@ -109,16 +116,21 @@ def test_student_folder_loads_in_sentence_transformers(arch, tmp_path):
     np.testing.assert_allclose(normalized, student.encode(texts, normalize_embeddings=True), atol=1e-5)
     dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     assert dimension() == 24
-    # saved by sentence-transformers, it is a student folder again
     model.save(str(tmp_path / "resaved"))
-    again = Student.from_pretrained(tmp_path / "resaved")
-    np.testing.assert_array_equal(again.encode(texts), want)
+    if arch == "static":  # saved by sentence-transformers, a sentence-transformers static model
+        again = st.SentenceTransformer(str(tmp_path / "resaved"), device="cpu", local_files_only=True)
+        assert cosines(again.encode(texts), want).min() > 0.9999
+    else:  # saved by sentence-transformers, it is a student folder again
+        again = Student.from_pretrained(tmp_path / "resaved")
+        np.testing.assert_array_equal(again.encode(texts), want)
 
 
-def test_sentence_transformers_fine_tunes_the_student(tmp_path):
+@pytest.mark.parametrize("arch", ["static", "cnn"])
+def test_sentence_transformers_fine_tunes_the_student(arch, tmp_path):
     st = pytest.importorskip("sentence_transformers")
-    make_student("static", tmp_path / "s")
-    model = st.SentenceTransformer(str(tmp_path / "s"), device="cpu", trust_remote_code=True, local_files_only=True)
+    make_student(arch, tmp_path / "s")
+    model = st.SentenceTransformer(str(tmp_path / "s"), device="cpu", trust_remote_code=arch != "static",
+                                   local_files_only=True)
     before = model.encode(TEXTS[:2])
     features = model.tokenize(TEXTS[:2])
     loss = model(features)["sentence_embedding"].pow(2).sum()
@@ -235,8 +247,7 @@ def test_a_trained_static_student_loads_and_exports_everywhere(tiny_cache, tmp_p
     assert code == 0, err
     student = Student.from_pretrained(tmp_path / "s")
     want = student.encode(TEXTS)
-    got = st.SentenceTransformer(str(tmp_path / "s"), device="cpu", trust_remote_code=True,
-                                 local_files_only=True).encode(TEXTS)
+    got = st.SentenceTransformer(str(tmp_path / "s"), device="cpu", local_files_only=True).encode(TEXTS)
     assert cosines(got, want).min() > 0.9999
     for to in ("model2vec", "onnx"):
         code, _, err = run_cli(capsys, "export", "--model", tmp_path / "s", "--to", to, "--out", tmp_path / to)
@@ -244,7 +255,8 @@ def test_a_trained_static_student_loads_and_exports_everywhere(tiny_cache, tmp_p
     assert cosines(model2vec.StaticModel.from_pretrained(tmp_path / "model2vec").encode(TEXTS), want).min() > 0.9999
     assert cosines(OnnxStudent.from_pretrained(tmp_path / "onnx", threads=1).encode(TEXTS), want).min() > 0.9999
     card = (tmp_path / "s" / "README.md").read_text()
-    assert "trust_remote_code=True" in card and "OnnxStudent" in card and "StaticModel" in card
+    assert 'SentenceTransformer("' in card and "trust_remote_code" not in card
+    assert "OnnxStudent" in card and "StaticModel" in card
 
 
 # ------------------------------------------------------------------------------------------------- bad input
@@ -324,11 +336,12 @@ def test_the_card_shows_the_three_ways_to_load():
     args = {"arch": "static", "emb_dim": 16, "pooling": "mean", "target_column": "mean", "loss": "mse", "epochs": 1,
             "batch_size": 8, "lr": 0.01, "init_embeddings": "random", "out": "student_out"}
     card = model_card(args, {"final": {}, "initial": {}}, 123)
-    for needle in ("Student.from_pretrained(", "SentenceTransformer(\"student_out\", trust_remote_code=True)",
+    for needle in ("Student.from_pretrained(", "SentenceTransformer(\"student_out\")",
                    "OnnxStudent.from_pretrained(", "tc export --model student_out --to onnx",
                    "StaticModel.from_pretrained("):
         assert needle in card
-    assert "StaticModel" not in model_card({**args, "arch": "cnn", "hidden": 16}, {}, 1)
+    cnn_card = model_card({**args, "arch": "cnn", "hidden": 16}, {}, 1)
+    assert "StaticModel" not in cnn_card and "SentenceTransformer(\"student_out\", trust_remote_code=True)" in cnn_card
 
 
 # ------------------------------------------------------------------------------------------- the cache and wheel
