@@ -12,6 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+# labelled STS-B train pairs (../shared beside the checkout): a set the recipes may be selected on, never test
+STS_TRAIN = ROOT.parent / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
 
 
 def machine() -> str:

@@ -14,10 +14,9 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import append_results, machine
+from benchmarks.common import STS_TRAIN, append_results, machine
 
 ROWS = Path("benchmarks/work/sweep.jsonl")
-STS_TRAIN = Path("../shared/data/stsbenchmark/sts-train.csv")
 STATIC = {"arch": "static", "emb_dim": 384, "epochs": 1, "batch_size": 128, "lr": 1e-3, "emb_lr": 1e-2,
           "init_embeddings": "outputs", "token_weights": True, "loss": "cosine"}
 # name -> TrainConfig overrides; 'init-*' rows train with a learning rate of ~0 to score the starting point

