@@ -4,7 +4,6 @@ turns every error into one line on stderr and an exit code (pipeline/failures.py
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import typer
@@ -90,9 +89,13 @@ def run() -> None:
         code = main()
     except KeyboardInterrupt:  # a Ctrl-C landing in main's own handlers
         code = interrupted()
-    if code in (130, 143):  # a second or late signal during teardown must not turn the exit into -2 or a traceback
-        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(code))
-        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(code))
+    if code in (130, 143):
+        # Interrupted mid-work, threads may still be inside native code (the tokenizer prefetch, torch's pool), and
+        # interpreter teardown then aborts now and then (SIGABRT, seen in CI as exit -6; a late second Ctrl-C gave
+        # -2). Everything is saved and flushed by now: leave without teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if "RANK" in os.environ:  # a torchrun rank: leave without interpreter teardown, where gloo can abort
         from student.distributed import exit_now
 
