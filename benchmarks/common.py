@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -72,3 +73,14 @@ def append_results(section: str) -> None:
               "figures are as measured.\n")
     text = RESULTS.read_text() if RESULTS.exists() else header
     RESULTS.write_text(text.rstrip() + "\n\n" + section.strip() + "\n")
+
+
+def replace_section(marker: str, section: str) -> None:
+    """Put `section` between this marker's comments in RESULTS.md, replacing what was there (else append)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    block = f"{start}\n{section.strip()}\n{end}"
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    if start in text and end in text:
+        RESULTS.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
+    else:
+        append_results(block)

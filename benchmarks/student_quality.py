@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, STS_TRAIN, append_results, machine
+from benchmarks.common import STS_TRAIN, machine, replace_section
 from pipeline.neighbours import exact_search, normalize
 from pipeline.sts import load_task, read_stsbenchmark, sts_spearman
 from teacher_cache import open_cache
@@ -76,17 +75,6 @@ def teacher_label(path: str) -> str:
     if Path(path).resolve() == Path(default_teacher_path()).resolve():
         return "all-MiniLM-L6-v2"
     return Path(path).name
-
-
-def replace_section(marker: str, section: str) -> None:
-    """Put `section` between this marker's comments in RESULTS.md, replacing what was there (else append)."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    block = f"{start}\n{section.strip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    if start in text and end in text:
-        RESULTS.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
-    else:
-        append_results(block)
 
 
 def main() -> None:

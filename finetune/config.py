@@ -35,10 +35,20 @@ class FinetuneConfig:
     warmup: float = setting(0.1, "Share of the steps with a linear warm-up, then linear decay to 0.")
     weight_decay: float = setting(0.01, "AdamW weight decay on weight matrices.")
     grad_clip: float = setting(1.0, "Clip the gradient norm to this (0: off).")
+    head: str = setting("auto", "Student head: features ([u, v, |u-v|, u*v] or u -> MLP), cosine (a pair's score "
+                                "is the cosine of its two vectors, rescaled to the task's range) or auto (cosine "
+                                "for pair tasks scored by similarity, such as STS-B; else features).")
+    similarity_loss: str = setting("cosent", "Cosine head: cosent (CoSENT ranking loss, as sentence-transformers) "
+                                             "or mse (MSE of the cosine to the score scaled to [0, 1]).")
     head_hidden: int = setting(256, "Student head: hidden ReLU width (0: linear).")
     dropout: float = setting(0.1, "Student head: dropout.")
     max_length: int = setting(128, "Teacher: truncate inputs to N word-pieces (a student keeps its own).")
     freeze_encoder: bool = setting(False, "Train the head only.")
+    # model selection
+    select: str = setting("last", "Epoch to keep: last, dev (best on dev) or holdout (best on training rows held out "
+                                  "for it, so that dev stays unseen).")
+    holdout_rows: int = setting(2000, "--select holdout: hold out every k-th training row, at most this many "
+                                      "(k >= 10).")
     # task-specific distillation
     kd_cache: str | None = setting(None, "Teacher logits of the task's training rows (tc cache-logits): adds "
                                          "task-specific KD.")
@@ -54,8 +64,13 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Raise a one-line UserError naming the first bad flag."""
+        choices = {"head": ("auto", "features", "cosine"), "similarity_loss": ("cosent", "mse"),
+                   "select": ("last", "dev", "holdout")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose one of {', '.join(allowed)}")
         low = {"epochs": 1, "batch_size": 1, "max_train_rows": 1, "max_eval_rows": 1, "head_hidden": 0,
-               "max_length": 2}
+               "max_length": 2, "holdout_rows": 1}
         for name, bound in low.items():
             value = getattr(self, name)
             if value is not None and value < bound:

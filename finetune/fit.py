@@ -1,8 +1,8 @@
 """The fine-tuning loop shared by students and task teachers, nanoGPT style: shuffled batches, AdamW with warm-up
-and linear decay, dev metrics into metrics.json after every epoch.
+and linear decay, metrics into metrics.json after every epoch, the best epoch kept with --select.
 
 loss = (1 - kd_alpha) * CE(labels) + kd_alpha * MSE(student logits, teacher logits); for a regression task
-(STS-B) CE is MSE on the score.
+(STS-B) CE is MSE on the score, or CoSENT on the cosine with a cosine head.
 """
 
 from __future__ import annotations
@@ -46,24 +46,51 @@ def clear_out(out: str | Path) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
 
 
+def cosent_loss(scores: torch.Tensor, gold: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT (Su 2022; sentence-transformers' CoSENTLoss): log(1 + sum over pairs of examples with gold_i < gold_j
+    of exp(scale * (score_i - score_j))), so only the order of the scores against the gold order counts."""
+    diff = scale * (scores[:, None] - scores[None, :])
+    diff = diff - (~(gold[:, None] < gold[None, :])).to(diff.dtype) * 1e12
+    return torch.logsumexp(torch.cat([diff.new_zeros(1), diff.reshape(-1)]), dim=0)
+
+
 def task_loss(outputs: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor | None, alpha: float,
-              regression: bool) -> torch.Tensor:
+              regression: bool, cosent: bool = False, span: float = 1.0) -> torch.Tensor:
     """Per example (1 - alpha) * CE (MSE on the score for regression) + alpha * MSE to the teacher's logits,
-    averaged; an unlabelled example (label -1, or NaN score) takes the MSE to the teacher alone."""
-    if teacher is None or alpha == 0:
-        return F.mse_loss(outputs[:, 0], gold.float()) if regression else F.cross_entropy(outputs, gold)
-    labelled = ~torch.isnan(gold) if regression else gold >= 0
+    averaged; an unlabelled example (label -1, or NaN score) takes the MSE to the teacher alone.
+
+    `span` divides scores first (a cosine head's range, so that its MSE is on the cosine's scale); `cosent` replaces
+    the per-example regression MSE by the batch's CoSENT ranking loss over its labelled examples.
+    """
+    alpha = 0.0 if teacher is None else alpha
+    labelled = (~torch.isnan(gold)) if regression else gold >= 0
     if regression:
-        hard = (outputs[:, 0] - torch.nan_to_num(gold.float())) ** 2
+        scores, gold = outputs[:, 0] / span, torch.nan_to_num(gold.float()) / span
+        hard = torch.zeros_like(scores) if cosent else (scores - gold) ** 2
     else:
         hard = F.cross_entropy(outputs, gold.clamp(min=0), reduction="none")
-    soft = ((outputs - teacher.to(outputs.dtype)) ** 2).mean(1)
-    return torch.where(labelled, (1 - alpha) * hard + alpha * soft, soft).mean()
+    if teacher is None or alpha == 0:
+        per_example = torch.where(labelled, hard, torch.zeros_like(hard))
+    else:
+        soft = (((outputs - teacher.to(outputs.dtype)) / span) ** 2).mean(1)
+        per_example = torch.where(labelled, (1 - alpha) * hard + alpha * soft, soft)
+    loss = per_example.mean()
+    if regression and cosent and alpha < 1 and int(labelled.sum()) > 1:
+        loss = loss + (1 - alpha) * cosent_loss(scores[labelled], gold[labelled])
+    return loss
+
+
+def select_split(select: str) -> str | None:
+    """The evaluation split that picks the kept epoch (None: keep the last)."""
+    return None if select == "last" else select
 
 
 def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: Callable[[np.ndarray], torch.Tensor],
-        predict: Callable[[TaskData], np.ndarray], info: dict) -> dict:
-    """The loop: shuffled batches, AdamW with warm-up and linear decay, dev metrics into metrics.json per epoch."""
+        predict: Callable[[TaskData], np.ndarray], info: dict, cosine_head: bool = False,
+        span: float = 1.0) -> dict:
+    """The loop: shuffled batches, AdamW with warm-up and linear decay, metrics of every evaluation split into
+    metrics.json per epoch (and before the first with a cosine head: the encoder's zero-shot score); with
+    --select dev|holdout the best epoch's weights (by the task's first metric on that split) are restored."""
     spec, train, lr = prep.spec, prep.train, cfg.lr
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr)
@@ -73,11 +100,34 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
     gold_all = torch.as_tensor(train.labels)
     kd_all = None if prep.kd_targets is None else torch.as_tensor(np.asarray(prep.kd_targets, dtype=np.float32))
     rng = np.random.default_rng(cfg.seed)
+    by = select_split(cfg.select)
+    cosent = cosine_head and spec.regression and cfg.similarity_loss == "cosent"
     metrics = {**info, "task": spec.name, "metric": spec.metrics[0], "train_rows": len(train) - prep.transfer_rows,
-               "transfer_rows": prep.transfer_rows,
-               "eval_rows": {k: len(v) for k, v in prep.evals.items()},
+               "transfer_rows": prep.transfer_rows, "eval_rows": {k: len(v) for k, v in prep.evals.items()},
+               "select": cfg.select, "loss": ("cosent" if cosent else "mse on the cosine") if cosine_head else None,
                "kd": {"cache": cfg.kd_cache, "alpha": cfg.kd_alpha} if cfg.kd_cache else None, "history": []}
+    best: tuple[float, int, dict] | None = None  # (score, epoch, weights) of the best epoch so far
+
+    def evaluate(epoch: int, losses: list[float]) -> None:
+        """Score every split, record the epoch, keep its weights when it is the best on the selection split."""
+        nonlocal best
+        scores = {split: compute_metrics(spec, predict(data), data.labels) for split, data in prep.evals.items()}
+        loss = {"train_loss": round(float(np.mean(losses)), 6)} if losses else {}
+        metrics["history"].append({"epoch": epoch, **loss, **scores})
+        if by is not None and (best is None or scores[by][spec.metrics[0]] > best[0]):
+            best = (scores[by][spec.metrics[0]], epoch,
+                    {k: v.detach().clone() for k, v in module.state_dict().items()})
+        chosen = epoch if best is None else best[1]
+        metrics.update(final=next(h for h in metrics["history"] if h["epoch"] == chosen), selected_epoch=chosen,
+                       epochs_done=epoch, train_seconds=round(seconds, 2))
+        metrics["final"] = {k: v for k, v in metrics["final"].items() if k in prep.evals}
+        atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        log(f"epoch {epoch}/{cfg.epochs}: " + (f"loss {np.mean(losses):.4f}  " if losses else "(zero-shot)  ")
+            + "  ".join(f"{split} {k} {v:.4f}" for split, s in scores.items() for k, v in s.items()), cfg.quiet)
+
     seconds = 0.0
+    if cosine_head:  # the untouched encoder's cosine is already a prediction: its zero-shot score
+        evaluate(0, [])
     for epoch in range(cfg.epochs):
         module.train()
         started, losses = time.monotonic(), []
@@ -86,7 +136,8 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
             idx = order[start:start + cfg.batch_size]
             outputs = forward(idx).float()
             teacher = None if kd_all is None else kd_all[idx].to(outputs.device)
-            loss = task_loss(outputs, gold_all[idx].to(outputs.device), teacher, cfg.kd_alpha, spec.regression)
+            loss = task_loss(outputs, gold_all[idx].to(outputs.device), teacher, cfg.kd_alpha, spec.regression,
+                             cosent, span)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -95,10 +146,8 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
             scheduler.step()
             losses.append(loss.item())
         seconds += time.monotonic() - started
-        scores = {split: compute_metrics(spec, predict(data), data.labels) for split, data in prep.evals.items()}
-        metrics["history"].append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 6), **scores})
-        metrics |= {"final": scores, "epochs_done": epoch + 1, "train_seconds": round(seconds, 2)}
-        atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {np.mean(losses):.4f}  " + "  ".join(
-            f"{split} {k} {v:.4f}" for split, s in scores.items() for k, v in s.items()), cfg.quiet)
+        evaluate(epoch + 1, losses)
+    if best is not None and best[1] != cfg.epochs:
+        module.load_state_dict(best[2])
+        log(f"kept epoch {best[1]} (best {by} {spec.metrics[0]} {best[0]:.4f})", cfg.quiet)
     return metrics

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def holdout(data: TaskData, every: int = 10) -> tuple[TaskData, TaskData]:
     return data.take(index[index % every != 0]), data.take(index[index % every == 0])
 
 
+def selection_rows(n: int, at_most: int) -> np.ndarray:
+    """Which of n training rows --select holdout keeps aside: every k-th (k >= 10), at most `at_most` of them."""
+    every = max(10, math.ceil(n / at_most))
+    return np.arange(0, n, every)[:at_most]
+
+
 def prepare(cfg: FinetuneConfig) -> Prepared:
     """Resolve the task, read its files and the KD cache; every problem is a one-line error."""
     spec = resolve_task(cfg.task, cfg.text_columns, cfg.label_column, cfg.labels, cfg.regression, cfg.dev_file)
@@ -44,15 +51,26 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
     evals = {k: v for k, v in evals.items() if v is not None}
     if not evals:
         train, evals["dev"] = holdout(train)
-    prep = Prepared(spec, data_dir, train, evals)
-    if cfg.kd_cache:
-        prep.kd_targets, transfer = load_kd_targets(cfg.kd_cache, spec, train)
-        if transfer is not None:  # augmented examples: learnt from the teacher's logits alone
-            prep.transfer_rows = len(transfer)
-            prep.train = TaskData(train.path, train.texts + transfer.texts,
-                                  None if train.pairs is None else train.pairs + transfer.pairs,
-                                  np.concatenate([train.labels.astype(transfer.labels.dtype), transfer.labels]),
-                                  train.lines + [0] * len(transfer))
+    targets, transfer = load_kd_targets(cfg.kd_cache, spec, train) if cfg.kd_cache else (None, None)
+    if cfg.select == "holdout":  # rows kept out of training to choose the epoch by; dev stays unseen
+        if len(train) < 20:
+            raise UserError(f"--select holdout: {len(train)} training rows; too few to hold some out (use dev)")
+        held = selection_rows(len(train), cfg.holdout_rows)
+        kept = np.setdiff1d(np.arange(len(train)), held)
+        evals["holdout"] = train.take(held)
+        if targets is not None:
+            copies = 0 if transfer is None else len(transfer) // len(train)
+            variants = (kept[:, None] * copies + np.arange(copies)).reshape(-1)  # example i's at i*copies...
+            targets = np.concatenate([targets[:len(train)][kept], targets[len(train):][variants]])
+            transfer = None if transfer is None else transfer.take(variants)
+        train = train.take(kept)
+    prep = Prepared(spec, data_dir, train, evals, kd_targets=targets)
+    if transfer is not None:  # augmented examples: learnt from the teacher's logits alone
+        prep.transfer_rows = len(transfer)
+        prep.train = TaskData(train.path, train.texts + transfer.texts,
+                              None if train.pairs is None else train.pairs + transfer.pairs,
+                              np.concatenate([train.labels.astype(transfer.labels.dtype), transfer.labels]),
+                              train.lines + [0] * len(transfer))
     return prep
 
 

@@ -12,7 +12,7 @@ from finetune.config import FinetuneConfig
 from finetune.fit import check_out, clear_out, fit
 from finetune.prepare import prepare
 from finetune.task_data import TaskData
-from finetune.task_model import StudentClassifier, TaskHead, save_task_model
+from finetune.task_model import StudentClassifier, TaskHead, head_kind, save_task_model
 from student.student import Student
 from teacher_cache.errors import UserError
 
@@ -34,11 +34,15 @@ def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dic
     cfg.lr = cfg.lr or 1e-3
     prep = prepare(cfg)
     student = student if student is not None else load_student_folder(cfg.model)
+    spec = prep.spec
+    kind = head_kind(cfg.head, spec)
+    if kind == "cosine" and cfg.freeze_encoder:
+        raise UserError("--freeze-encoder: the cosine head has no weights, so nothing would train (use --head "
+                        "features, or let the encoder train)")
+    torch.manual_seed(cfg.seed)
+    head = TaskHead(student.dim, spec.pair, spec.n_outputs, cfg.head_hidden, cfg.dropout, kind, spec.score_range)
     check_out(cfg.out, cfg.model, cfg.force)
     clear_out(cfg.out)
-    torch.manual_seed(cfg.seed)
-    spec = prep.spec
-    head = TaskHead(student.dim, spec.pair, spec.n_outputs, cfg.head_hidden, cfg.dropout)
     model = StudentClassifier(student, head).to(cfg.device)
     train = prep.train
     if cfg.freeze_encoder:  # the encoder never changes: encode every split once, train the head on the vectors
@@ -64,8 +68,8 @@ def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dic
 
         predict = model.predict
     info = {"kind": "student", "model": str(cfg.model), "parameters": model.num_parameters(),
-            "freeze_encoder": cfg.freeze_encoder}
-    metrics = fit(cfg, prep, model, forward, predict, info)
+            "freeze_encoder": cfg.freeze_encoder, "head": kind}
+    metrics = fit(cfg, prep, model, forward, predict, info, cosine_head=kind == "cosine", span=head.span)
     args = {k: v for k, v in asdict(cfg).items() if k not in ("force", "quiet", "online")}
     save_task_model(cfg.out, model, spec, args)
     return metrics

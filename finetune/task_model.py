@@ -1,8 +1,10 @@
 """A student fine-tuned on a task: the student encoder plus a small head, saved as a student folder + head.
 
 Pairs are classified from the usual features of the two sentence vectors, [u, v, |u - v|, u * v] (Tang et al.
-2019, as in the paper's BiLSTM baselines). The folder stays a student folder: `Student.from_pretrained(ft/)` loads
-the fine-tuned encoder; task.json and head.safetensors add the task.
+2019, as in the paper's BiLSTM baselines); a pair scored by similarity (STS-B) takes the cosine of the two vectors
+instead, so that fine-tuning makes the encoder a better sentence encoder rather than feeding a new MLP. The folder
+stays a student folder: `Student.from_pretrained(ft/)` loads the fine-tuned encoder; task.json and
+head.safetensors add the task.
 """
 
 from __future__ import annotations
@@ -26,23 +28,51 @@ FEATURES = "[u, v, |u-v|, u*v]"
 
 
 class TaskHead(nn.Module):
-    """Sentence vector(s) -> features -> (ReLU hidden layer) -> one logit per label, or one score."""
+    """Sentence vector(s) -> one logit per label, or one score.
 
-    def __init__(self, dim: int, pair: bool, n_out: int, hidden: int = 256, dropout: float = 0.1):
+    kind "features": [u, v, |u-v|, u*v] (u alone for single sentences) -> (ReLU hidden layer) -> outputs.
+    kind "cosine": a pair's score is low + (high - low) * cos(u, v): no weights, so fine-tuning moves the encoder
+    itself and the fine-tuned folder stays a sentence encoder whose cosine is the task's score.
+    """
+
+    def __init__(self, dim: int, pair: bool, n_out: int, hidden: int = 256, dropout: float = 0.1,
+                 kind: str = "features", score_range: tuple[float, float] | list[float] | None = None):
         """A randomly initialised head for `dim`-wide vectors; hidden=0 means a linear head."""
         super().__init__()
-        self.settings = {"dim": dim, "pair": pair, "n_out": n_out, "hidden": hidden, "dropout": dropout}
-        width = 4 * dim if pair else dim
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
-        if hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
-            width = hidden
-        self.net = nn.Sequential(*layers, nn.Linear(width, n_out))
+        if kind == "cosine" and not (pair and n_out == 1):
+            raise UserError("--head cosine: for sentence-pair tasks with a similarity score (such as stsb) only")
+        low, high = score_range if score_range is not None else (0.0, 1.0)
+        self.settings = {"dim": dim, "pair": pair, "n_out": n_out, "hidden": hidden, "dropout": dropout,
+                         "kind": kind, "score_range": [float(low), float(high)]}
+        self.low, self.span = float(low), float(high) - float(low)
+        self.net: nn.Module | None = None
+        if kind == "features":
+            width = 4 * dim if pair else dim
+            layers: list[nn.Module] = [nn.Dropout(dropout)]
+            if hidden:
+                layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+                width = hidden
+            self.net = nn.Sequential(*layers, nn.Linear(width, n_out))
+
+    @property
+    def kind(self) -> str:
+        """'features' or 'cosine'."""
+        return self.settings["kind"]
 
     def forward(self, u: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, dim) vectors (and the second sentences' for pairs) -> (batch, n_out)."""
+        if self.net is None:
+            cosine = torch.nn.functional.cosine_similarity(u.float(), v.float(), dim=-1)
+            return (self.low + self.span * cosine).unsqueeze(1)
         x = u if v is None else torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
         return self.net(x)
+
+
+def head_kind(requested: str, spec: TaskSpec) -> str:
+    """The head a run uses: `requested`, with auto meaning cosine for a pair task scored by similarity."""
+    if requested != "auto":
+        return requested
+    return "cosine" if spec.pair and spec.regression else "features"
 
 
 def batches_by_length(data: TaskData, batch_size: int) -> list[np.ndarray]:
@@ -128,7 +158,8 @@ def save_task_model(folder: str | Path, model: StudentClassifier, spec: TaskSpec
     model.student.save_pretrained(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
     save_file(state, str(folder / HEAD_NAME))
-    write_task_json(folder, "student", spec, head=model.head.settings, features=FEATURES, args=args)
+    features = FEATURES if model.head.kind == "features" else "cosine(u, v), rescaled to the task's score range"
+    write_task_json(folder, "student", spec, head=model.head.settings, features=features, args=args)
 
 
 def load_task_model(folder: str | Path, device: str = "cpu") -> tuple[StudentClassifier, TaskSpec]:

@@ -43,10 +43,12 @@ def model_kind(name: str) -> str:
 
 @options_from(FinetuneConfig)
 def finetune(**settings) -> None:
-    """Fine-tune a student (encoder + head; pairs as [u, v, |u-v|, u*v]) or a transformers teacher on a task.
+    """Fine-tune a student (encoder + head) or a transformers teacher on a task.
 
-    Dev scores go to <out>/metrics.json after every epoch. With --kd-cache the student also learns the teacher's
-    logits: loss (1-a)*CE + a*MSE (STS-B: MSE on the score).
+    A student classifies from [u, v, |u-v|, u*v] (pairs) or u; a pair scored by similarity (STS-B) is scored by the
+    cosine of its two vectors (--head auto), trained with CoSENT, so the folder stays a sentence encoder. Scores go
+    to <out>/metrics.json after every epoch; --select dev|holdout keeps the best epoch. With --kd-cache the student
+    also learns the teacher's logits: loss (1-a)*CE + a*MSE (STS-B: on the score).
 
     Example: tc finetune --model student_out/ --task sst2 --out ft/ --kd-cache logits_cache/ --kd-alpha 0.5
     """

@@ -1,0 +1,148 @@
+"""Similarity tasks fine-tune the encoder through the cosine head; --select keeps the best epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.config import FinetuneConfig
+from finetune.fit import cosent_loss, task_loss
+from finetune.prepare import prepare, selection_rows
+from finetune.tasks import DEFAULT_DATA_DIR
+from student import Student, StudentConfig
+from student.tokenizer import read_tokenizer_files
+from teacher_cache import open_cache
+from tests.helpers import error_lines, run_cli
+
+pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, teacher_dir) -> Path:
+    """A random 16-wide BiLSTM student (32-d output) with the real word-piece tokenizer."""
+    folder = tmp_path_factory.mktemp("student")
+    torch.manual_seed(0)
+    cfg = StudentConfig(arch="bilstm", vocab_size=30522, emb_dim=16, hidden=16, out_dim=32, max_length=64)
+    Student(cfg, read_tokenizer_files(teacher_dir)).save_pretrained(folder)
+    return folder
+
+
+def brute_force_cosent(scores: list[float], gold: list[float], scale: float = 20.0) -> float:
+    """log(1 + sum over (i, j) with gold_i < gold_j of exp(scale * (s_i - s_j))), by loops."""
+    total = 1.0
+    for si, gi in zip(scores, gold, strict=True):
+        for sj, gj in zip(scores, gold, strict=True):
+            if gi < gj:
+                total += float(np.exp(scale * (si - sj)))
+    return float(np.log(total))
+
+
+def test_cosent_matches_its_definition_and_only_sees_the_order():
+    torch.manual_seed(0)
+    scores, gold = torch.rand(7) * 0.2, torch.tensor([0.0, 1.0, 1.0, 2.5, 3.0, 4.0, 5.0])
+    assert cosent_loss(scores, gold).item() == pytest.approx(brute_force_cosent(scores.tolist(), gold.tolist()),
+                                                             rel=1e-5)
+    assert torch.allclose(cosent_loss(scores, gold), cosent_loss(scores, gold * 3 + 1))  # order only
+    ranked = torch.linspace(-1, 1, 7)  # scores in gold's order, far apart: nearly no loss
+    assert cosent_loss(ranked, gold).item() < 0.01 < cosent_loss(ranked.flip(0), gold).item()
+
+
+def test_cosine_head_loss_scales_scores_and_keeps_kd_per_example():
+    torch.manual_seed(0)
+    out, gold, teacher = torch.rand(6, 1) * 5, torch.tensor([1.0, 4.0, 2.0, float("nan"), 3.0, 0.5]), \
+        torch.rand(6, 1) * 5
+    mse = task_loss(out, gold, None, 0.0, True, cosent=False, span=5.0)
+    labelled = ~torch.isnan(gold)
+    expected = torch.where(labelled, ((out[:, 0] - torch.nan_to_num(gold)) / 5) ** 2, 0).mean()
+    assert torch.allclose(mse, expected)
+    loss = task_loss(out, gold, teacher, 0.25, True, cosent=True, span=5.0)
+    soft = (((out - teacher) / 5) ** 2)[:, 0]
+    kd = torch.where(labelled, 0.25 * soft, soft).mean()
+    assert torch.allclose(loss, kd + 0.75 * cosent_loss(out[labelled, 0] / 5, gold[labelled] / 5))
+
+
+def test_similarity_finetune_keeps_a_sentence_encoder(student_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, stdout, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", out,
+                                "--max-train-rows", "200", "--max-eval-rows", "40", "--epochs", "1", "--quiet")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["head"] == "cosine" and metrics["loss"] == "cosent"
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1]  # epoch 0: the encoder's zero-shot cosine
+    zero_shot = metrics["history"][0]["dev"]["pearson"]
+    pairs = tmp_path / "pairs.tsv"
+    rows = [("A man is playing a guitar.", "A person plays the guitar."), ("The cat sleeps.", "Stocks fell today."),
+            ("A woman is slicing onions.", "Someone is cutting an onion.")]
+    pairs.write_text("".join(f"{a}\t{b}\n" for a, b in rows))
+    code, stdout, err = run_cli(capsys, "predict", "--model", out, "--input", pairs)
+    assert code == 0, err
+    printed = [float(line.split("\t")[1]) for line in stdout.splitlines()[1:]]
+    encoder = Student.from_pretrained(out)  # the fine-tuned folder is a plain student: its cosine is the score
+    u = encoder.encode([a for a, _ in rows], convert_to_tensor=True)
+    v = encoder.encode([b for _, b in rows], convert_to_tensor=True)
+    assert np.allclose(printed, (5 * F.cosine_similarity(u, v)).numpy(), atol=1e-3)
+    before = Student.from_pretrained(student_dir)  # and the encoder itself was trained, not a head
+    assert not np.allclose(before.encode(["The cat sleeps."]), encoder.encode(["The cat sleeps."]), atol=1e-5)
+    # the zero-shot row is the untouched student's cosine
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("".join((DEFAULT_DATA_DIR / "STS-B" / "dev.tsv").read_text().splitlines(True)[:41]))
+    ft_before = tmp_path / "ft0"
+    assert run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", ft_before, "--epochs", "1",
+                   "--max-train-rows", "200", "--max-eval-rows", "40", "--lr", "1e-12", "--quiet")[0] == 0
+    code, _, err = run_cli(capsys, "predict", "--model", ft_before, "--input", dev)
+    assert code == 0 and f"pearson {zero_shot:.4f}" in err
+
+
+def test_select_keeps_the_best_epoch_and_saves_its_weights(student_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out, "--epochs", "3",
+                           "--max-train-rows", "200", "--max-eval-rows", "60", "--select", "dev", "--lr", "3e-3",
+                           "--quiet")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    by_epoch = {h["epoch"]: h for h in metrics["history"]}
+    best = max(by_epoch, key=lambda e: (by_epoch[e]["dev"]["accuracy"], -e))
+    assert metrics["selected_epoch"] == best and metrics["final"]["dev"] == by_epoch[best]["dev"]
+    dev = tmp_path / "dev60.tsv"  # the saved folder reproduces the selected epoch's dev score
+    dev.write_text("".join((DEFAULT_DATA_DIR / "SST-2" / "dev.tsv").read_text().splitlines(True)[:61]))
+    code, _, err = run_cli(capsys, "predict", "--model", out, "--input", dev)
+    assert code == 0 and f"accuracy {metrics['final']['dev']['accuracy']:.4f}" in err
+
+
+def test_holdout_rows_leave_training_with_their_logits_and_variants(tmp_path, capsys, teacher_dir):
+    assert list(selection_rows(100, 2000)) == list(range(0, 100, 10))
+    assert 1900 < len(selection_rows(67_349, 2000)) <= 2000 and selection_rows(67_349, 2000)[1] == 34
+    ft_teacher, cache = tmp_path / "t", tmp_path / "lc"
+    assert run_cli(capsys, "finetune", "--model", teacher_dir, "--task", "sst2", "--out", ft_teacher,
+                   "--max-train-rows", "40", "--max-eval-rows", "10", "--epochs", "1", "--quiet")[0] == 0
+    assert run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", cache, "--max-rows", "40",
+                   "--augment", "2", "--quiet")[0] == 0
+    prep = prepare(FinetuneConfig(model="x", task="sst2", max_train_rows=40, max_eval_rows=10, kd_cache=str(cache),
+                                  select="holdout"))
+    logits = open_cache(cache)
+    by_text = {}
+    for i, text in enumerate(logits.texts()):
+        by_text.setdefault(text, logits.vectors("logits", np.array([i]))[0])
+    assert len(prep.evals["holdout"]) == 4 and prep.transfer_rows == 36 * 2 and len(prep.train) == 36 + 72
+    held = set(prep.evals["holdout"].texts)
+    assert not held & set(prep.train.texts[:36])
+    for text, target in zip(prep.train.texts, prep.kd_targets, strict=True):
+        assert np.allclose(by_text[text], target, atol=1e-4)  # each kept row and variant keeps its own teacher logits
+
+
+def test_bad_head_and_select_are_one_line(student_dir, tmp_path, capsys):
+    base = ["finetune", "--model", student_dir, "--out", tmp_path / "o", "--max-train-rows", "30", "--quiet"]
+    for args, needle in ((["--task", "sst2", "--head", "cosine"], "--head cosine: for sentence-pair tasks"),
+                         (["--task", "stsb", "--freeze-encoder"], "--freeze-encoder: the cosine head"),
+                         (["--task", "sst2", "--select", "best"], "--select best: choose one of"),
+                         (["--task", "sst2", "--select", "holdout", "--max-train-rows", "10"], "too few"),
+                         (["--task", "stsb", "--similarity-loss", "l1"], "--similarity-loss l1")):
+        code, _, err = run_cli(capsys, *base, *args)
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and error_lines(err) == lines and needle in lines[0], err
+    assert not (tmp_path / "o").exists()
