@@ -32,6 +32,8 @@ class FinetuneConfig:
     epochs: int = setting(3, "Passes over the training rows.")
     batch_size: int = setting(32, "Examples per step.")
     lr: float | None = setting(None, "Peak learning rate (default 1e-3 student, 5e-5 teacher).")
+    encoder_lr: float | None = setting(None, "Student: peak learning rate of the encoder (default: --lr, which the "
+                                             "head always uses).")
     warmup: float = setting(0.1, "Share of the steps with a linear warm-up, then linear decay to 0.")
     weight_decay: float = setting(0.01, "AdamW weight decay on weight matrices.")
     grad_clip: float = setting(1.0, "Clip the gradient norm to this (0: off).")
@@ -76,6 +78,7 @@ class FinetuneConfig:
             if value is not None and value < bound:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be at least {bound}")
         checks = [(self.lr is None or self.lr > 0, f"--lr {self.lr}: must be positive"),
+                  (self.encoder_lr is None or self.encoder_lr > 0, f"--encoder-lr {self.encoder_lr}: must be positive"),
                   (0 <= self.kd_alpha <= 1, f"--kd-alpha {self.kd_alpha}: must be in [0, 1]"),
                   (0 <= self.dropout < 1, f"--dropout {self.dropout}: must be in [0, 1)"),
                   (0 <= self.warmup < 1, f"--warmup {self.warmup}: must be in [0, 1)"),

@@ -86,14 +86,17 @@ def select_split(select: str) -> str | None:
 
 
 def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: Callable[[np.ndarray], torch.Tensor],
-        predict: Callable[[TaskData], np.ndarray], info: dict, cosine_head: bool = False,
-        span: float = 1.0) -> dict:
+        predict: Callable[[TaskData], np.ndarray], info: dict, cosine_head: bool = False, span: float = 1.0,
+        lr_groups: list[tuple[list[torch.nn.Parameter], float]] | None = None) -> dict:
     """The loop: shuffled batches, AdamW with warm-up and linear decay, metrics of every evaluation split into
     metrics.json per epoch (and before the first with a cosine head: the encoder's zero-shot score); with
-    --select dev|holdout the best epoch's weights (by the task's first metric on that split) are restored."""
-    spec, train, lr = prep.spec, prep.train, cfg.lr
+    --select dev|holdout the best epoch's weights (by the task's first metric on that split) are restored.
+    `lr_groups` gives parameters their own peak rates (default: all at cfg.lr)."""
+    spec, train = prep.spec, prep.train
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr)
+    by_lr = lr_groups or [(params, cfg.lr)]
+    groups = [g for ps, lr in by_lr for g in param_groups([p for p in ps if p.requires_grad], cfg.weight_decay, lr=lr)]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
     steps = math.ceil(len(train) / cfg.batch_size)
     total, warmup = steps * cfg.epochs, int(cfg.warmup * steps * cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, "linear"))

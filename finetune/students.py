@@ -69,7 +69,9 @@ def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dic
         predict = model.predict
     info = {"kind": "student", "model": str(cfg.model), "parameters": model.num_parameters(),
             "freeze_encoder": cfg.freeze_encoder, "head": kind}
-    metrics = fit(cfg, prep, model, forward, predict, info, cosine_head=kind == "cosine", span=head.span)
+    groups = [(list(student.parameters()), cfg.encoder_lr or cfg.lr), (list(head.parameters()), cfg.lr)]
+    metrics = fit(cfg, prep, model, forward, predict, info, cosine_head=kind == "cosine", span=head.span,
+                  lr_groups=groups)
     args = {k: v for k, v in asdict(cfg).items() if k not in ("force", "quiet", "online")}
     save_task_model(cfg.out, model, spec, args)
     return metrics

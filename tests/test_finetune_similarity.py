@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from finetune.config import FinetuneConfig
 from finetune.fit import cosent_loss, task_loss
@@ -146,3 +147,19 @@ def test_bad_head_and_select_are_one_line(student_dir, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1 and error_lines(err) == lines and needle in lines[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_encoder_lr_is_the_encoders_own(student_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out, "--epochs", "1",
+                           "--max-train-rows", "100", "--max-eval-rows", "20", "--encoder-lr", "1e-12", "--quiet")
+    assert code == 0, err
+    before, after = Student.from_pretrained(student_dir), Student.from_pretrained(out)
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name  # the encoder stood still at its rate of 1e-12 ...
+    head = load_file(str(out / "head.safetensors"))
+    torch.manual_seed(0)  # ... while the head, at --lr, moved away from its seeded initialisation
+    from finetune.task_model import TaskHead
+
+    fresh = TaskHead(32, False, 2)
+    assert any(not torch.allclose(v, head[k]) for k, v in fresh.state_dict().items())
