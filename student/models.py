@@ -27,8 +27,23 @@ def masked_pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch
     return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each (batch, time, dim) sequence reversed within its own length; padding steps stay where they are (the
+    map is its own inverse, so it also puts a reverse pass's states back in order)."""
+    steps = torch.arange(x.shape[1], device=x.device)[None, :]
+    index = lengths.to(x.device)[:, None] - 1 - steps
+    index = torch.where(index >= 0, index, steps)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
+
+
 class BiLSTMEncoder(nn.Module):
-    """Word-piece embedding -> bidirectional LSTM over packed sequences -> pooling over time -> linear."""
+    """Word-piece embedding -> bidirectional LSTM -> pooling over time -> linear.
+
+    The LSTM runs over the dense padded batch, one direction at a time, the reverse one over each sentence reversed
+    within its length: the same states as packed sequences at every real step (padding comes after them and is
+    pooled away), at the speed of the dense kernels; batches are length-bucketed, so little padding is computed.
+    Packed sequences remain for export (the TorchScript/ONNX exporters know them).
+    """
 
     def __init__(self, cfg: StudentConfig):
         super().__init__()
@@ -43,11 +58,34 @@ class BiLSTMEncoder(nn.Module):
         """(batch, time) ids and (batch,) lengths -> (batch, out_dim)."""
         time = input_ids.shape[1]
         x = self.dropout(self.embedding(input_ids))
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        states, _ = self.lstm(packed)
-        states, _ = pad_packed_sequence(states, batch_first=True, total_length=time)
+        exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+        states = self.packed_states(x, lengths) if exporting else self.dense_states(x, lengths)
         pooled = masked_pool(states, length_mask(lengths, time), self.cfg.pooling)
         return self.proj(self.dropout(pooled))
+
+    def packed_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The LSTM's (batch, time, 2 * hidden) states over packed sequences (padding steps zero)."""
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = self.lstm(packed)
+        return pad_packed_sequence(states, batch_first=True, total_length=x.shape[1])[0]
+
+    def dense_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The same states at every real step, from dense single-direction passes (padding steps arbitrary)."""
+        lstm = self.lstm
+        for layer in range(lstm.num_layers):
+            if layer:
+                x = nn.functional.dropout(x, lstm.dropout, self.training)
+            forward = self._direction(x, layer, "")
+            backward = reverse_within(self._direction(reverse_within(x, lengths), layer, "_reverse"), lengths)
+            x = torch.cat([forward, backward], dim=-1)
+        return x
+
+    def _direction(self, x: torch.Tensor, layer: int, suffix: str) -> torch.Tensor:
+        """One direction of one layer of self.lstm (its own weights) over a dense batch, from zero state."""
+        weights = [getattr(self.lstm, f"{name}_l{layer}{suffix}")
+                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        zero = x.new_zeros(1, x.shape[0], self.lstm.hidden_size)
+        return torch._VF.lstm(x, (zero, zero), weights, True, 1, 0.0, self.training, False, True)[0]
 
 
 class CNNEncoder(nn.Module):

@@ -112,3 +112,21 @@ def test_loading_needs_neither_cache_nor_teacher_code(tiny_cache, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
+
+
+def test_dense_bilstm_passes_equal_packed_sequences():
+    from student.models import BiLSTMEncoder, length_mask
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(arch="bilstm", vocab_size=50, emb_dim=6, hidden=5, out_dim=4, layers=2, max_length=12)
+    encoder = BiLSTMEncoder(cfg).train()  # dropout 0: training mode changes nothing but the kernels' path
+    ids, lengths = torch.randint(1, 50, (5, 9)), torch.tensor([9, 3, 1, 7, 9])
+    x = encoder.embedding(ids)
+    dense, packed = encoder.dense_states(x, lengths), encoder.packed_states(x, lengths)
+    real = length_mask(lengths, 9)
+    assert torch.allclose(dense[real], packed[real], atol=1e-6)
+    dense[real].sum().backward()
+    grads = [p.grad.clone() for p in encoder.lstm.parameters()]
+    encoder.zero_grad()
+    encoder.packed_states(encoder.embedding(ids), lengths)[real].sum().backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, encoder.lstm.parameters(), strict=True))
