@@ -69,3 +69,18 @@ def tiny_cache(tmp_path_factory, teacher_dir, corpus_file) -> Path:
     encode_corpus(EncodeConfig(corpus=[str(corpus_file)], out=out, teacher=str(teacher_dir), pooling=["mean", "cls"],
                                shard_size=100, max_length=64, quiet=True, precision="fp32"))
     return out
+
+
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory, teacher_dir) -> Path:
+    """A random 16-wide BiLSTM student (32-d output) with the real word-piece tokenizer (fine-tuning tests)."""
+    import torch
+
+    from student import Student, StudentConfig
+    from student.tokenizer import read_tokenizer_files
+
+    folder = tmp_path_factory.mktemp("student")
+    torch.manual_seed(0)
+    cfg = StudentConfig(arch="bilstm", vocab_size=30522, emb_dim=16, hidden=16, out_dim=32, max_length=64)
+    Student(cfg, read_tokenizer_files(teacher_dir)).save_pretrained(folder)
+    return folder

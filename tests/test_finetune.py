@@ -16,23 +16,12 @@ from finetune.fit import task_loss
 from finetune.task_data import load_split
 from finetune.task_model import load_task_model
 from finetune.tasks import DEFAULT_DATA_DIR, TASKS
-from student import Student, StudentConfig
-from student.tokenizer import read_tokenizer_files
+from student import Student
 from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli
 
 pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
 SMALL = ["--max-train-rows", "120", "--max-eval-rows", "60", "--epochs", "1", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, teacher_dir) -> Path:
-    """A random 16-wide BiLSTM student (32-d output) with the real word-piece tokenizer."""
-    folder = tmp_path_factory.mktemp("student")
-    torch.manual_seed(0)
-    cfg = StudentConfig(arch="bilstm", vocab_size=30522, emb_dim=16, hidden=16, out_dim=32, max_length=64)
-    Student(cfg, read_tokenizer_files(teacher_dir)).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +14,11 @@ from finetune.config import FinetuneConfig
 from finetune.fit import cosent_loss, task_loss
 from finetune.prepare import prepare, selection_rows
 from finetune.tasks import DEFAULT_DATA_DIR
-from student import Student, StudentConfig
-from student.tokenizer import read_tokenizer_files
+from student import Student
 from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli
 
 pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, teacher_dir) -> Path:
-    """A random 16-wide BiLSTM student (32-d output) with the real word-piece tokenizer."""
-    folder = tmp_path_factory.mktemp("student")
-    torch.manual_seed(0)
-    cfg = StudentConfig(arch="bilstm", vocab_size=30522, emb_dim=16, hidden=16, out_dim=32, max_length=64)
-    Student(cfg, read_tokenizer_files(teacher_dir)).save_pretrained(folder)
-    return folder
 
 
 def brute_force_cosent(scores: list[float], gold: list[float], scale: float = 20.0) -> float:
