@@ -23,7 +23,7 @@ from finetune.prepare import Prepared
 from finetune.task_data import TaskData
 from finetune.task_model import HEAD_NAME, TASK_JSON
 from student.checkpoint import clear_output, not_empty, refuse_unsafe_out
-from student.optim import clip_gradients, lr_factor, param_groups
+from student.optim import adamw, clip_gradients, lr_factor, param_groups
 from student.tokenizer import TOKENIZER_FILES
 from teacher_cache.atomic import atomic_write
 from teacher_cache.progress import log
@@ -96,7 +96,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
     params = [p for p in module.parameters() if p.requires_grad]
     by_lr = lr_groups or [(params, cfg.lr)]
     groups = [g for ps, lr in by_lr for g in param_groups([p for p in ps if p.requires_grad], cfg.weight_decay, lr=lr)]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+    optimizer = adamw([g for g in groups if g["params"]])
     steps = math.ceil(len(train) / cfg.batch_size)
     total, warmup = steps * cfg.epochs, int(cfg.warmup * steps * cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, "linear"))

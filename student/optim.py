@@ -19,6 +19,15 @@ def param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float, **ex
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra}]
 
 
+def adamw(groups: list[dict], **defaults) -> torch.optim.AdamW:
+    """AdamW over these groups, fused into one kernel per step where torch has it for the parameters' device (on a
+    CPU ~10x faster a step than the per-tensor loop: a student's 30k-row token table made the step most of the
+    fine-tuning time); the same update either way."""
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, fused=fused or None, **defaults)
+
+
 def lr_factor(step: int, total: int, warmup: int, decay: str = "cosine", min_ratio: float = 0.0) -> float:
     """The share of the peak learning rate at `step` (0-based) of `total`: a linear warm-up over `warmup` steps,
     then a cosine or linear decay to `min_ratio` at the last step (or constant)."""

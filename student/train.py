@@ -30,7 +30,7 @@ from student.data import Batch, StreamingCacheDataset, read_rows, validation_ids
 from student.evaluate import evaluate
 from student.init import init_embeddings
 from student.losses import loss_fn
-from student.optim import clip_gradients, lr_factor, param_groups, set_lr
+from student.optim import adamw, clip_gradients, lr_factor, param_groups, set_lr
 from student.runtime import autocast_dtype, deferred_interrupt, resolve_device
 from student.student import Student
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
@@ -50,8 +50,8 @@ def make_optimizers(student: Student, cfg: TrainConfig, sparse: bool) -> list[to
     emb_lr = cfg.emb_lr or cfg.lr
     groups = param_groups(others, cfg.weight_decay, peak_lr=cfg.lr)
     if sparse:
-        return [torch.optim.AdamW(groups, lr=cfg.lr), torch.optim.SparseAdam(tables, lr=emb_lr)]
-    return [torch.optim.AdamW(groups + [{"params": tables, "weight_decay": 0.0, "peak_lr": emb_lr}], lr=cfg.lr)]
+        return [adamw(groups, lr=cfg.lr), torch.optim.SparseAdam(tables, lr=emb_lr)]
+    return [adamw(groups + [{"params": tables, "weight_decay": 0.0, "peak_lr": emb_lr}], lr=cfg.lr)]
 
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizers: list, scaler, cfg: TrainConfig,

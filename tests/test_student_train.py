@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from student import Student
-from student.optim import clip_gradients, lr_factor
+from student.optim import adamw, clip_gradients, lr_factor, param_groups
 from student.train import TrainConfig, train
 from teacher_cache import open_cache
 from teacher_cache.errors import CacheError, UserError
@@ -110,3 +110,25 @@ def test_schedule_and_clipping():
     assert norm == pytest.approx(float(np.sqrt(3 * 20**2 + 3 * 10**2 + 4 * 10**2)), rel=1e-5)
     total = float(emb.weight.grad.coalesce()._values().norm() ** 2 + dense.grad.norm() ** 2) ** 0.5
     assert total == pytest.approx(1.0, rel=1e-4)
+
+
+def test_fused_adamw_makes_the_per_tensor_loop_update():
+    """adamw() fuses the step on CPU; its weights after a few steps equal the unfused AdamW's."""
+    torch.manual_seed(0)
+    start = [torch.randn(50, 8), torch.randn(8)]
+    grads = [[torch.randn_like(w) for w in start] for _ in range(3)]
+
+    def run(make) -> list[torch.Tensor]:
+        weights = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = make(param_groups(weights, 0.01, lr=1e-2))
+        for step in grads:
+            for w, g in zip(weights, step, strict=True):
+                w.grad = g.clone()
+            opt.step()
+        return [w.detach() for w in weights]
+
+    fused = adamw(param_groups([torch.nn.Parameter(w.clone()) for w in start], 0.01, lr=1e-2))
+    assert fused.defaults["fused"]
+    for a, b in zip(run(adamw), run(torch.optim.AdamW), strict=True):
+        assert not torch.equal(a, start[0] if a.dim() == 2 else start[1])
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
