@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,19 +12,8 @@ from finetune.fit import check_out, clear_out, fit
 from finetune.prepare import prepare
 from finetune.task_data import TaskData
 from finetune.task_model import StudentClassifier, TaskHead, head_kind, save_task_model
-from student.student import Student
+from student.student import Student, load_student_folder
 from teacher_cache.errors import UserError
-
-
-def load_student_folder(path: str | Path) -> Student:
-    """--model as a student folder, or a one-line error saying what it is instead."""
-    path = Path(path)
-    if (path / "manifest.json").exists():
-        raise UserError(f"--model {path}: a teacher cache, not a student; pass a folder from tc train-student")
-    try:
-        return Student.from_pretrained(path)
-    except UserError as exc:
-        raise UserError(f"--model {exc}") from None
 
 
 def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dict:

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from pipeline import plots
 from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
-from student import Student
+from student.student import load_student_folder
 from teacher_cache import open_cache
 from teacher_cache.errors import CacheError, UserError
 from teacher_cache.progress import format_seconds
@@ -85,7 +85,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     except (KeyError, CacheError):
         raise CacheError(f"{cfg.shards}: the cache holds no texts, so the student has nothing to encode") from None
     n = validate(cfg, len(cache))
-    student = Student.from_pretrained(cfg.student)
+    student = load_student_folder(cfg.student, "--student")
     if student.dim != cache.dim:
         raise UserError(f"--student {cfg.student}: outputs {student.dim}-d vectors but the cache holds "
                          f"{cache.dim}-d; probe a student distilled from this cache")

@@ -82,10 +82,22 @@ class StudentConfig:
     @classmethod
     def load(cls, folder: str | Path) -> StudentConfig:
         """Read config.json from a student folder, with a one-line error when it is not one."""
-        path = Path(folder) / CONFIG_NAME
+        folder = Path(folder)
+        path = folder / CONFIG_NAME
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such folder")
+        if (folder / "manifest.json").exists():
+            raise UserError(f"{folder}: a teacher cache, not a student folder (train one with tc train-student)")
         if not path.exists():
-            raise UserError(f"{folder}: not a student folder (no {CONFIG_NAME})")
+            raise UserError(f"{folder}: not a student folder (no {CONFIG_NAME}; train one with tc train-student)")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path}: unreadable student config ({exc})") from None
+        if not isinstance(data, dict) or "arch" not in data:
+            raise UserError(f"{folder}: not a student folder (its {CONFIG_NAME} has no student 'arch'; a "
+                            "transformers model?)")
+        try:
+            return cls.from_dict(data)
+        except TypeError as exc:
             raise UserError(f"{path}: unreadable student config ({exc})") from None

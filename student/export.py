@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from student.config import CONFIG_NAME
 from student.export_formats import check_model2vec_student, import_onnx, model2vec_vectors, write_model2vec, write_onnx
 from student.onnx_student import OnnxStudent
-from student.student import Student
+from student.student import load_student_folder
 from teacher_cache.errors import UserError
 
 FORMATS = ("model2vec", "onnx")
@@ -51,22 +50,6 @@ class ExportResult:
     dtype: str
     bytes: int
     min_cosine: float
-
-
-def load_student_folder(path: str | Path) -> Student:
-    """Load a student folder for export, with one line naming the folder when it is not one."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"--model {path}: no such folder")
-    config_file = path / CONFIG_NAME
-    try:
-        is_student = "arch" in json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        is_student = False
-    if not is_student:
-        raise UserError(f"--model {path}: not a student folder (no student {CONFIG_NAME}; train one with "
-                         "tc train-student)")
-    return Student.from_pretrained(path)
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:

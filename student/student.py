@@ -152,3 +152,11 @@ class Student(nn.Module):
             progress.close()
         result = out if convert_to_tensor else out.numpy()
         return result[0] if single else result
+
+
+def load_student_folder(path: str | Path, option: str = "--model") -> Student:
+    """A student folder given as a command's `option`, or a one-line error naming the option and the folder."""
+    try:
+        return Student.from_pretrained(path)
+    except UserError as exc:
+        raise UserError(f"{option} {exc}") from None

@@ -103,7 +103,8 @@ def test_probe_bad_inputs_are_one_line(tiny_cache, tiny_student, tmp_path, capsy
         (["--student", tiny_student, "--k", "1000"], "--k 1000"),
         (["--student", tiny_student, "--query", " "], "--query"),
         (["--student", tiny_student, "--queries", "300"], "--queries"),
-        (["--student", tmp_path], "config.json"),
+        (["--student", tmp_path], "--student " + str(tmp_path) + ": not a student folder (no config.json"),
+        (["--student", tiny_cache], "a teacher cache, not a student folder"),
         (["--student", tiny_student, "--index", "lsh"], "--index"),
     ]
     for extra, needle in cases:
@@ -162,6 +163,12 @@ def test_eval_bad_inputs(tiny_student, tmp_path, capsys):
         assert code != 0 and needle in error_lines(err)[0], err
     code, _, err = run_cli(capsys, "eval")
     assert code != 0 and "--student" in error_lines(err)[0]
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    for folder, needle in [(tmp_path / "bert", "has no student 'arch'"), (tmp_path / "nowhere", "no such folder")]:
+        code, _, err = run_cli(capsys, "eval", "--student", folder, "--tasks", "sts-b")
+        lines = error_lines(err)
+        assert code != 0 and len(lines) == 1 and f"--student {folder}: " in lines[0] and needle in lines[0], err
 
 
 def test_real_teacher_sts_b_test_matches_reference(capsys):

@@ -68,10 +68,10 @@ def eval_(
 
 def model_encoders(students: list[Path], teachers: list[str], batch_size: int):
     """(label, encode function) for each model asked for, loaded one at a time."""
-    from student import Student
+    from student.student import load_student_folder
 
     for path in students:
-        model = Student.from_pretrained(path)
+        model = load_student_folder(path, "--student")
         yield f"student {path}", lambda s, m=model: m.encode(s, batch_size=batch_size)
     for name in teachers:
         from teacher_cache.batching import teacher_encoder
