@@ -7,6 +7,7 @@ loss = (1 - kd_alpha) * CE(labels) + kd_alpha * MSE(student logits, teacher logi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -26,6 +27,7 @@ from student.checkpoint import clear_output, not_empty, refuse_unsafe_out
 from student.optim import adamw, clip_gradients, lr_factor, param_groups
 from student.tokenizer import TOKENIZER_FILES
 from teacher_cache.atomic import atomic_write
+from teacher_cache.lock import LOCK_NAME, FolderLock
 from teacher_cache.progress import log
 
 # What a fine-tuning run writes into --out (student or transformers teacher); --force replaces these only.
@@ -35,9 +37,22 @@ OWN_FILES = (TASK_JSON, HEAD_NAME, "metrics.json", "config.json", "model.safeten
 
 def check_out(out: str | Path, model: str | Path, force: bool) -> None:
     """Refuse an --out that is (or overlaps) the model folder, is a file, or holds other things without --force."""
-    present = refuse_unsafe_out(Path(out), Path(model), "--model")
+    present = [name for name in refuse_unsafe_out(Path(out), Path(model), "--model") if name != LOCK_NAME]
     if present and not force:
         raise not_empty(Path(out), present)
+
+
+def holding_out(run: Callable[..., dict]) -> Callable[..., dict]:
+    """Run a fine-tuning function `run(cfg, ...)` with cfg.out locked: a second run into the same folder is refused
+    in one line naming the first, instead of both writing there at once."""
+
+    @functools.wraps(run)
+    def locked(cfg: FinetuneConfig, *args, **kwargs) -> dict:
+        refuse_unsafe_out(Path(cfg.out), Path(cfg.model), "--model")  # before the lock creates the folder
+        with FolderLock(cfg.out, "tc finetune"):
+            return run(cfg, *args, **kwargs)
+
+    return locked
 
 
 def clear_out(out: str | Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from finetune.config import FinetuneConfig
-from finetune.fit import check_out, clear_out, fit
+from finetune.fit import check_out, clear_out, fit, holding_out
 from finetune.prepare import prepare
 from finetune.task_data import TaskData
 from finetune.task_model import StudentClassifier, TaskHead, head_kind, save_task_model
@@ -16,6 +16,7 @@ from student.student import Student, load_student_folder
 from teacher_cache.errors import UserError
 
 
+@holding_out
 def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dict:
     """Fine-tune a student folder (or a given Student) on cfg.task; write the model and metrics.json to cfg.out."""
     cfg.validate()

@@ -13,7 +13,7 @@ import torch
 
 from finetune.augment import AugmentConfig, augment_examples
 from finetune.config import FinetuneConfig, LogitsConfig
-from finetune.fit import check_out, clear_out, fit
+from finetune.fit import check_out, clear_out, fit, holding_out
 from finetune.prepare import prepare
 from finetune.task_data import TaskData, load_inputs, load_split
 from finetune.task_model import read_task_json, write_task_json
@@ -85,6 +85,7 @@ class TeacherRunner:
         return out, n_tokens
 
 
+@holding_out
 def finetune_teacher(cfg: FinetuneConfig) -> dict:
     """Fine-tune a transformers model on cfg.task; write it (transformers folder + task.json + metrics.json)."""
     cfg.validate()

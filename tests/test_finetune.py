@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from finetune.task_model import load_task_model
 from finetune.tasks import DEFAULT_DATA_DIR, TASKS
 from student import Student
 from teacher_cache import open_cache
+from teacher_cache.lock import LOCK_NAME, FolderLock
 from tests.helpers import error_lines, run_cli
 
 pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
@@ -82,6 +84,13 @@ def test_student_finetune_predict_round_trip(student_dir, tmp_path, capsys):
     assert {ln.split("\t")[1] for ln in lines[1:]} <= {"0", "1"}
     code, stdout, _ = run_cli(capsys, "predict", "--model", out, "--input", DEFAULT_DATA_DIR / "SST-2" / "test.tsv")
     assert code == 0 and len(stdout.splitlines()) == 1822
+    assert not (out / LOCK_NAME).exists()  # released with the run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with FolderLock(out, "tc finetune"):  # another fine-tuning run writing there now: refused, nothing touched
+        code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out,
+                               *SMALL[:-3], "--force", "--quiet")
+    assert code != 0 and len(error_lines(err)) == 1 and f"--out {out}: in use by pid {os.getpid()}" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_pair_task_with_frozen_encoder(student_dir, tmp_path, capsys):
