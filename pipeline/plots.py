@@ -24,7 +24,7 @@ def agreement_histogram(agreement: np.ndarray, k: int, path: Path) -> None:
     ax.set(xlabel=f"kNN@{k} agreement (overlap of the {k} neighbours)", ylabel="queries",
            title=f"Teacher vs student neighbours: mean {agreement.mean():.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -37,7 +37,7 @@ def similarity_scatter(teacher_sims: np.ndarray, student_sims: np.ndarray, path:
     ax.plot([lo, 1], [lo, 1], color="grey", lw=1, ls="--")
     ax.set(xlabel="teacher cosine", ylabel="student cosine", title="Neighbour-pair similarities")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -60,5 +60,5 @@ def agreement_by_length(n_tokens: np.ndarray, agreement: np.ndarray, path: Path,
     ax.set(xlabel="query length (word-pieces)", ylabel="mean agreement", ylim=(0, 1),
            title="Agreement vs sentence length (n per bin annotated)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -13,7 +13,9 @@ from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
 from student.student import load_student_folder
 from teacher_cache import open_cache
+from teacher_cache.atomic import atomic_path, atomic_write
 from teacher_cache.errors import CacheError, UserError
+from teacher_cache.lock import FolderLock
 from teacher_cache.progress import format_seconds
 
 RECALL_DEPTHS = (10, 50, 100)
@@ -77,7 +79,15 @@ def timed_search(index: NeighbourIndex, queries: np.ndarray, k: int) -> tuple[np
 
 
 def run_probe(cfg: ProbeConfig) -> dict:
-    """Run the probe, write report.json, report.md and PNG plots into cfg.report; return the report."""
+    """Run the probe, write report.json, report.md and PNG plots into cfg.report; return the report.
+
+    --report is locked for the run, so a second probe into it is refused in one line rather than mixing files."""
+    with FolderLock(cfg.report, "tc probe", "--report"):
+        return probe(cfg)
+
+
+def probe(cfg: ProbeConfig) -> dict:
+    """The probe itself (run_probe holds the --report lock)."""
     cache = open_cache(cfg.shards)
     column = cache.vector_column(cfg.column)
     try:
@@ -171,11 +181,14 @@ def user_queries(cfg: ProbeConfig, cache, student, t_index, s_index, texts, db_r
 def write_report(cfg: ProbeConfig, report: dict, m: dict, query_tokens: np.ndarray) -> None:
     """report.json, report.md and three PNG plots."""
     cfg.report.mkdir(parents=True, exist_ok=True)
-    (cfg.report / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plots.agreement_histogram(m["agreement"], cfg.k, cfg.report / "agreement_hist.png")
-    plots.similarity_scatter(m["pair_teacher"], m["pair_student"], cfg.report / "similarity_scatter.png")
-    plots.agreement_by_length(query_tokens, m["agreement"], cfg.report / "agreement_by_length.png")
-    (cfg.report / "report.md").write_text(render_markdown(report))
+    with atomic_path(cfg.report / "agreement_hist.png") as tmp:  # each file whole or not at all
+        plots.agreement_histogram(m["agreement"], cfg.k, tmp)
+    with atomic_path(cfg.report / "similarity_scatter.png") as tmp:
+        plots.similarity_scatter(m["pair_teacher"], m["pair_student"], tmp)
+    with atomic_path(cfg.report / "agreement_by_length.png") as tmp:
+        plots.agreement_by_length(query_tokens, m["agreement"], tmp)
+    atomic_write(cfg.report / "report.md", render_markdown(report))
+    atomic_write(cfg.report / "report.json", json.dumps(report, indent=2) + "\n")  # last: the report is complete
 
 
 def render_markdown(report: dict) -> str:

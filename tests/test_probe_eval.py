@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from pipeline.probe import ProbeConfig, run_probe
 from student import Student, StudentConfig
 from teacher_cache import open_cache
+from teacher_cache.lock import FolderLock
 from tests.helpers import error_lines, run_cli
 
 
@@ -112,6 +114,12 @@ def test_probe_bad_inputs_are_one_line(tiny_cache, tiny_student, tmp_path, capsy
                                *extra)
         lines = error_lines(err)
         assert code != 0 and len(lines) == 1 and needle in lines[0], (extra, err)
+    assert not (tmp_path / "r").exists()  # the refused runs left no report folder behind
+    with FolderLock(tmp_path / "busy", "tc probe", "--report"):  # another probe writing there now
+        code, _, err = run_cli(capsys, "probe", "--shards", tiny_cache, "--report", tmp_path / "busy", "--quiet",
+                               "--student", tiny_student)
+    assert code != 0 and f"--report {tmp_path / 'busy'}: in use by pid {os.getpid()}" in error_lines(err)[0], err
+    assert not (tmp_path / "busy").exists()  # nothing written there: the lock's folder went with the lock
 
 
 def test_probe_refuses_a_cache_without_texts(tiny_cache, tiny_student, tmp_path, capsys):
