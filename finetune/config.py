@@ -51,6 +51,10 @@ class FinetuneConfig:
                                   "for it, so that dev stays unseen).")
     holdout_rows: int = setting(2000, "--select holdout: hold out every k-th training row, at most this many "
                                       "(k >= 10).")
+    interpolate: str = setting("off", "Student: blend the kept encoder with the one it started from, w = (1 - a) "
+                                      "w0 + a w1, a from 0, 0.25, 0.5, 0.75, 1 chosen on the --select split "
+                                      "(WiSE-FT, Wortsman et al. 2022; keeps more of the distilled encoder). on, "
+                                      "off, or auto (on for the cosine head).")
     # task-specific distillation
     kd_cache: str | None = setting(None, "Teacher logits of the task's training rows (tc cache-logits): adds "
                                          "task-specific KD.")
@@ -67,7 +71,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         """Raise a one-line UserError naming the first bad flag."""
         choices = {"head": ("auto", "features", "cosine"), "similarity_loss": ("cosent", "mse"),
-                   "select": ("last", "dev", "holdout")}
+                   "select": ("last", "dev", "holdout"), "interpolate": ("off", "on", "auto")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose one of {', '.join(allowed)}")

@@ -102,11 +102,13 @@ def select_split(select: str) -> str | None:
 
 def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: Callable[[np.ndarray], torch.Tensor],
         predict: Callable[[TaskData], np.ndarray], info: dict, cosine_head: bool = False, span: float = 1.0,
-        lr_groups: list[tuple[list[torch.nn.Parameter], float]] | None = None) -> dict:
+        lr_groups: list[tuple[list[torch.nn.Parameter], float]] | None = None,
+        blend: list[torch.nn.Parameter] | None = None) -> dict:
     """The loop: shuffled batches, AdamW with warm-up and linear decay, metrics of every evaluation split into
     metrics.json per epoch (and before the first with a cosine head: the encoder's zero-shot score); with
     --select dev|holdout the best epoch's weights (by the task's first metric on that split) are restored.
-    `lr_groups` gives parameters their own peak rates (default: all at cfg.lr)."""
+    `lr_groups` gives parameters their own peak rates (default: all at cfg.lr). `blend` (with a selection split):
+    these parameters end as the best of (1 - a) * start + a * kept on that split, a in BLEND_WEIGHTS."""
     spec, train = prep.spec, prep.train
     params = [p for p in module.parameters() if p.requires_grad]
     by_lr = lr_groups or [(params, cfg.lr)]
@@ -143,6 +145,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
         log(f"epoch {epoch}/{cfg.epochs}: " + (f"loss {np.mean(losses):.4f}  " if losses else "(zero-shot)  ")
             + "  ".join(f"{split} {k} {v:.4f}" for split, s in scores.items() for k, v in s.items()), cfg.quiet)
 
+    initial = [p.detach().clone() for p in blend or []]  # the encoder as it came, for --interpolate
     seconds = 0.0
     if cosine_head:  # the untouched encoder's cosine is already a prediction: its zero-shot score
         evaluate(0, [])
@@ -168,4 +171,35 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
     if best is not None and best[1] != cfg.epochs:
         module.load_state_dict(best[2])
         log(f"kept epoch {best[1]} (best {by} {spec.metrics[0]} {best[0]:.4f})", cfg.quiet)
+    if blend and best is not None:
+        interpolate(blend, initial, lambda data: compute_metrics(spec, predict(data), data.labels), prep.evals, by,
+                    spec.metrics[0], best[0], metrics, cfg)
     return metrics
+
+
+BLEND_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # a = 1 first: a tie keeps the fine-tuned weights
+
+
+def interpolate(params: list[torch.nn.Parameter], start: list[torch.Tensor], score: Callable[[TaskData], dict],
+                evals: dict[str, TaskData], by: str, metric: str, kept: float, metrics: dict,
+                cfg: FinetuneConfig) -> None:
+    """WiSE-FT: set `params` to the (1 - a) * start + a * now that scores best on the `by` split (now scored `kept`),
+    record every a's score and the chosen one's scores on every split in metrics.json."""
+    tuned = [p.detach().clone() for p in params]
+
+    def set_weights(a: float) -> None:
+        with torch.no_grad():
+            for p, w0, w1 in zip(params, start, tuned, strict=True):
+                p.copy_(torch.lerp(w0, w1, a))
+
+    scores = {1.0: kept}
+    for a in BLEND_WEIGHTS[1:]:
+        set_weights(a)
+        scores[a] = score(evals[by])[metric]
+    alpha = max(scores, key=scores.get)
+    set_weights(alpha)
+    metrics["interpolation"] = {"alpha": alpha, by: {str(a): round(v, 6) for a, v in scores.items()}}
+    if alpha != 1.0:
+        metrics["final"] = {split: score(data) for split, data in evals.items()}
+    atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    log(f"interpolated: a = {alpha} ({by} {metric} {scores[alpha]:.4f}; fine-tuned alone {kept:.4f})", cfg.quiet)

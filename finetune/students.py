@@ -28,6 +28,9 @@ def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dic
     if kind == "cosine" and cfg.freeze_encoder:
         raise UserError("--freeze-encoder: the cosine head has no weights, so nothing would train (use --head "
                         "features, or let the encoder train)")
+    if cfg.interpolate == "on" and (cfg.select == "last" or cfg.freeze_encoder):
+        raise UserError("--interpolate on: needs --select dev or holdout (to choose the blend on) and an encoder "
+                        "that trains (no --freeze-encoder)")
     torch.manual_seed(cfg.seed)
     head = TaskHead(student.dim, spec.pair, spec.n_outputs, cfg.head_hidden, cfg.dropout, kind, spec.score_range)
     check_out(cfg.out, cfg.model, cfg.force)
@@ -59,8 +62,9 @@ def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dic
     info = {"kind": "student", "model": str(cfg.model), "parameters": model.num_parameters(),
             "freeze_encoder": cfg.freeze_encoder, "head": kind}
     groups = [(list(student.parameters()), cfg.encoder_lr or cfg.lr), (list(head.parameters()), cfg.lr)]
+    blend = cfg.interpolate == "on" or (cfg.interpolate == "auto" and kind == "cosine")
     metrics = fit(cfg, prep, model, forward, predict, info, cosine_head=kind == "cosine", span=head.span,
-                  lr_groups=groups)
+                  lr_groups=groups, blend=list(student.parameters()) if blend else None)
     args = {k: v for k, v in asdict(cfg).items() if k not in ("force", "quiet", "online")}
     save_task_model(cfg.out, model, spec, args)
     return metrics

@@ -103,6 +103,26 @@ def test_select_keeps_the_best_epoch_and_saves_its_weights(student_dir, tmp_path
     assert code == 0 and f"accuracy {metrics['final']['dev']['accuracy']:.4f}" in err
 
 
+def test_interpolate_keeps_the_best_blend_of_start_and_fine_tuned_encoder(student_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", out, "--epochs", "2",
+                           "--max-train-rows", "200", "--max-eval-rows", "60", "--select", "dev", "--lr", "3e-2",
+                           "--interpolate", "on", "--quiet")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    blend = metrics["interpolation"]
+    scores = {float(a): v for a, v in blend["dev"].items()}
+    assert sorted(scores) == [0.0, 0.25, 0.5, 0.75, 1.0] and blend["alpha"] == max(scores, key=scores.get)
+    by_epoch = {h["epoch"]: h["dev"]["pearson"] for h in metrics["history"]}
+    assert scores[0.0] == pytest.approx(by_epoch[0], abs=1e-6)  # a = 0: the untouched encoder (epoch 0)
+    assert scores[1.0] == pytest.approx(by_epoch[metrics["selected_epoch"]], abs=1e-6)  # a = 1: the kept epoch
+    assert metrics["final"]["dev"]["pearson"] == pytest.approx(scores[blend["alpha"]], abs=1e-6)
+    dev = tmp_path / "dev60.tsv"  # the saved folder is the chosen blend
+    dev.write_text("".join((DEFAULT_DATA_DIR / "STS-B" / "dev.tsv").read_text().splitlines(True)[:61]))
+    code, _, err = run_cli(capsys, "predict", "--model", out, "--input", dev)
+    assert code == 0 and f"pearson {metrics['final']['dev']['pearson']:.4f}" in err
+
+
 def test_holdout_rows_leave_training_with_their_logits_and_variants(tmp_path, capsys, teacher_dir):
     assert list(selection_rows(100, 2000)) == list(range(0, 100, 10))
     assert 1900 < len(selection_rows(67_349, 2000)) <= 2000 and selection_rows(67_349, 2000)[1] == 34
@@ -130,7 +150,9 @@ def test_bad_head_and_select_are_one_line(student_dir, tmp_path, capsys):
                          (["--task", "stsb", "--freeze-encoder"], "--freeze-encoder: the cosine head"),
                          (["--task", "sst2", "--select", "best"], "--select best: choose one of"),
                          (["--task", "sst2", "--select", "holdout", "--max-train-rows", "10"], "too few"),
-                         (["--task", "stsb", "--similarity-loss", "l1"], "--similarity-loss l1")):
+                         (["--task", "stsb", "--similarity-loss", "l1"], "--similarity-loss l1"),
+                         (["--task", "stsb", "--interpolate", "yes"], "--interpolate yes: choose one of"),
+                         (["--task", "stsb", "--interpolate", "on"], "--interpolate on: needs --select")):
         code, _, err = run_cli(capsys, *base, *args)
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1 and error_lines(err) == lines and needle in lines[0], err
