@@ -173,7 +173,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
         log(f"kept epoch {best[1]} (best {by} {spec.metrics[0]} {best[0]:.4f})", cfg.quiet)
     if blend and best is not None:
         interpolate(blend, initial, lambda data: compute_metrics(spec, predict(data), data.labels), prep.evals, by,
-                    spec.metrics[0], best[0], metrics, cfg)
+                    spec.metrics[0], metrics, cfg)
     return metrics
 
 
@@ -181,10 +181,9 @@ BLEND_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # a = 1 first: a tie keeps the fine
 
 
 def interpolate(params: list[torch.nn.Parameter], start: list[torch.Tensor], score: Callable[[TaskData], dict],
-                evals: dict[str, TaskData], by: str, metric: str, kept: float, metrics: dict,
-                cfg: FinetuneConfig) -> None:
-    """WiSE-FT: set `params` to the (1 - a) * start + a * now that scores best on the `by` split (now scored `kept`),
-    record every a's score and the chosen one's scores on every split in metrics.json."""
+                evals: dict[str, TaskData], by: str, metric: str, metrics: dict, cfg: FinetuneConfig) -> None:
+    """WiSE-FT: set `params` to the (1 - a) * start + a * now that scores best on the `by` split; metrics.json gets
+    every blend's scores on every split, and the chosen one's as `final`."""
     tuned = [p.detach().clone() for p in params]
 
     def set_weights(a: float) -> None:
@@ -192,14 +191,14 @@ def interpolate(params: list[torch.nn.Parameter], start: list[torch.Tensor], sco
             for p, w0, w1 in zip(params, start, tuned, strict=True):
                 p.copy_(torch.lerp(w0, w1, a))
 
-    scores = {1.0: kept}
-    for a in BLEND_WEIGHTS[1:]:
+    scores = {}  # a -> every split's scores with that blend
+    for a in BLEND_WEIGHTS:
         set_weights(a)
-        scores[a] = score(evals[by])[metric]
-    alpha = max(scores, key=scores.get)
+        scores[a] = {split: score(data) for split, data in evals.items()}
+    alpha = max(scores, key=lambda a: scores[a][by][metric])  # max keeps the first of equals: a = 1
     set_weights(alpha)
-    metrics["interpolation"] = {"alpha": alpha, by: {str(a): round(v, 6) for a, v in scores.items()}}
-    if alpha != 1.0:
-        metrics["final"] = {split: score(data) for split, data in evals.items()}
+    metrics["interpolation"] = {"alpha": alpha, "chosen_on": by, "scores": {str(a): s for a, s in scores.items()}}
+    metrics["final"] = scores[alpha]
     atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log(f"interpolated: a = {alpha} ({by} {metric} {scores[alpha]:.4f}; fine-tuned alone {kept:.4f})", cfg.quiet)
+    log(f"interpolated: a = {alpha} ({by} {metric} {scores[alpha][by][metric]:.4f}; fine-tuned alone "
+        f"{scores[1.0][by][metric]:.4f})", cfg.quiet)

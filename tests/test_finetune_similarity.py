@@ -111,8 +111,9 @@ def test_interpolate_keeps_the_best_blend_of_start_and_fine_tuned_encoder(studen
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     blend = metrics["interpolation"]
-    scores = {float(a): v for a, v in blend["dev"].items()}
-    assert sorted(scores) == [0.0, 0.25, 0.5, 0.75, 1.0] and blend["alpha"] == max(scores, key=scores.get)
+    scores = {float(a): v["dev"]["pearson"] for a, v in blend["scores"].items()}
+    assert blend["chosen_on"] == "dev" and blend["alpha"] == max(scores, key=scores.get)
+    assert sorted(scores) == [0.0, 0.25, 0.5, 0.75, 1.0]
     by_epoch = {h["epoch"]: h["dev"]["pearson"] for h in metrics["history"]}
     assert scores[0.0] == pytest.approx(by_epoch[0], abs=1e-6)  # a = 0: the untouched encoder (epoch 0)
     assert scores[1.0] == pytest.approx(by_epoch[metrics["selected_epoch"]], abs=1e-6)  # a = 1: the kept epoch
