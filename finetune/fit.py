@@ -95,11 +95,6 @@ def task_loss(outputs: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor |
     return loss
 
 
-def select_split(select: str) -> str | None:
-    """The evaluation split that picks the kept epoch (None: keep the last)."""
-    return None if select == "last" else select
-
-
 def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: Callable[[np.ndarray], torch.Tensor],
         predict: Callable[[TaskData], np.ndarray], info: dict, cosine_head: bool = False, span: float = 1.0,
         lr_groups: list[tuple[list[torch.nn.Parameter], float]] | None = None,
@@ -120,7 +115,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
     gold_all = torch.as_tensor(train.labels)
     kd_all = None if prep.kd_targets is None else torch.as_tensor(np.asarray(prep.kd_targets, dtype=np.float32))
     rng = np.random.default_rng(cfg.seed)
-    by = select_split(cfg.select)
+    by = None if cfg.select == "last" else cfg.select  # the split that picks the kept epoch (None: the last)
     cosent = cosine_head and spec.regression and cfg.similarity_loss == "cosent"
     metrics = {**info, "task": spec.name, "metric": spec.metrics[0], "train_rows": len(train) - prep.transfer_rows,
                "transfer_rows": prep.transfer_rows, "eval_rows": {k: len(v) for k, v in prep.evals.items()},
@@ -138,9 +133,9 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
             best = (scores[by][spec.metrics[0]], epoch,
                     {k: v.detach().clone() for k, v in module.state_dict().items()})
         chosen = epoch if best is None else best[1]
-        metrics.update(final=next(h for h in metrics["history"] if h["epoch"] == chosen), selected_epoch=chosen,
-                       epochs_done=epoch, train_seconds=round(seconds, 2))
-        metrics["final"] = {k: v for k, v in metrics["final"].items() if k in prep.evals}
+        kept = next(h for h in metrics["history"] if h["epoch"] == chosen)
+        metrics.update(final={split: kept[split] for split in prep.evals}, selected_epoch=chosen, epochs_done=epoch,
+                       train_seconds=round(seconds, 2))
         atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         log(f"epoch {epoch}/{cfg.epochs}: " + (f"loss {np.mean(losses):.4f}  " if losses else "(zero-shot)  ")
             + "  ".join(f"{split} {k} {v:.4f}" for split, s in scores.items() for k, v in s.items()), cfg.quiet)
