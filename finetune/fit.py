@@ -178,16 +178,17 @@ BLEND_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # a = 1 first: a tie keeps the fine
 def interpolate(params: list[torch.nn.Parameter], start: list[torch.Tensor], score: Callable[[TaskData], dict],
                 evals: dict[str, TaskData], by: str, metric: str, metrics: dict, cfg: FinetuneConfig) -> None:
     """WiSE-FT: set `params` to the (1 - a) * start + a * now that scores best on the `by` split; metrics.json gets
-    every blend's scores on every split, and the chosen one's as `final`."""
+    every blend's scores on every split, and the chosen one's as `final` (a = 1 is the kept epoch, already scored
+    there)."""
     tuned = [p.detach().clone() for p in params]
 
     def set_weights(a: float) -> None:
         with torch.no_grad():
             for p, w0, w1 in zip(params, start, tuned, strict=True):
-                p.copy_(torch.lerp(w0, w1, a))
+                p.copy_(w1 if a == 1.0 else torch.lerp(w0, w1, a))
 
-    scores = {}  # a -> every split's scores with that blend
-    for a in BLEND_WEIGHTS:
+    scores = {1.0: metrics["final"]}  # a -> every split's scores with that blend
+    for a in BLEND_WEIGHTS[1:]:
         set_weights(a)
         scores[a] = {split: score(data) for split, data in evals.items()}
     alpha = max(scores, key=lambda a: scores[a][by][metric])  # max keeps the first of equals: a = 1

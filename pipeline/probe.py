@@ -179,8 +179,7 @@ def user_queries(cfg: ProbeConfig, cache, student, t_index, s_index, texts, db_r
 
 
 def write_report(cfg: ProbeConfig, report: dict, m: dict, query_tokens: np.ndarray) -> None:
-    """report.json, report.md and three PNG plots."""
-    cfg.report.mkdir(parents=True, exist_ok=True)
+    """report.json, report.md and three PNG plots (into the folder run_probe's lock made)."""
     with atomic_path(cfg.report / "agreement_hist.png") as tmp:  # each file whole or not at all
         plots.agreement_histogram(m["agreement"], cfg.k, tmp)
     with atomic_path(cfg.report / "similarity_scatter.png") as tmp:
