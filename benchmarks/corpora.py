@@ -9,6 +9,11 @@ Writes, one sentence per line:
   distill.txt    the students' large training set: train100k, then every other unique Wikipedia (never a probe
                  line) and Wikinews sentence in a seeded shuffle; no GLUE/STS text, since hidden STS test sets are
                  drawn from the same sources (MRPC, STS-B)
+  probe-mix.txt  held out from the three newer files (Wikipedia 2014, Wikipedia 2018, Gutenberg books): every 60th
+                 line of each, first 3,000 per source interleaved: the held-out mix kNN agreement is checked on
+  distill-new.txt  every other line of those three files (never a probe-mix line, none already in distill.txt) in
+                 one seeded shuffle across sources (a book's lines are spread over every shard): grows the
+                 students' text to ~4.4M sentences with `--shards cache-distill --shards cache-new`
 then the caches are, e.g.:
   tc encode --corpus benchmarks/work/train100k.txt --out benchmarks/work/cache100k --pooling mean,cls --shard-size 10000
   tc encode --corpus benchmarks/work/rest900k.txt --out benchmarks/work/cache900k --pooling mean
@@ -86,6 +91,29 @@ def main() -> None:
             extra.append(text)
     random.Random(0).shuffle(extra)
     write_lines(args.out / "distill.txt", train + extra)
+    write_new_sources(args.data / "corpus", args.out, seen | probe_all)
+
+
+NEW_SOURCES = ["wikipedia2014_en_sentences.txt.gz", "wikipedia2018_en_sentences.txt.gz", "gutenberg_en_sentences.txt.gz"]
+
+
+def write_new_sources(corpus: Path, out: Path, taken: set[str]) -> None:
+    """probe-mix.txt and distill-new.txt from the three newer corpus files (see the module docstring)."""
+    probes, rest = [], []
+    for name in NEW_SOURCES:
+        lines = [line.strip() for line in gz_lines(corpus / name)]
+        probes.append([line for i, line in enumerate(lines, 1) if i % 60 == 7 and line][:3_000])
+        rest.extend(line for i, line in enumerate(lines, 1) if i % 60 != 7 and line)
+    probe_mix = [text for group in zip(*probes) for text in group]
+    held = set(probe_mix)
+    seen, new = set(taken), []
+    for text in rest:
+        if text not in seen and text not in held:
+            seen.add(text)
+            new.append(text)
+    random.Random(1).shuffle(new)
+    write_lines(out / "probe-mix.txt", probe_mix)
+    write_lines(out / "distill-new.txt", new)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ class EncodeRun:
                                           "truncated_lines": stats.truncated_lines,
                                           "missing_text_rows": stats.missing_text, "ragged_rows": stats.ragged_count}
         manifest.extra["last_run"] = {**{k: round(v, 3) for k, v in self.timing.items()}, **run_info}
-        save_token_outputs(self.teacher, self.out)  # before the manifest says complete: a crash here resumes
+        save_token_outputs(self.teacher, self.out, manifest.teacher_hash)  # before "complete": a crash resumes
         record_files(self.out, manifest)  # the checksum of every file written since the manifest was begun
         manifest.complete = True
         manifest.save(self.out)
@@ -207,7 +207,7 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
                 f"(--max-rows {existing.extra['max_rows']}) to {target} rows", cfg.quiet)
             existing.complete, max_rows = False, []
         if resume(out, manifest, existing, max_rows):
-            if save_token_outputs(teacher, out):
+            if save_token_outputs(teacher, out, manifest.teacher_hash):
                 log(f"{out}: added the teacher's per-token outputs ({TOKEN_OUTPUTS_FILE})", cfg.quiet)
                 record_files(out, existing)
                 existing.save(out)

@@ -24,6 +24,19 @@ def real_teacher_path() -> str:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def user_cache(tmp_path_factory):
+    """Per-teacher results kept between caches (token outputs) go to a scratch folder, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("tc_user_cache")
+    before = os.environ.get("TC_CACHE_DIR")
+    os.environ["TC_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("TC_CACHE_DIR", None)
+    else:
+        os.environ["TC_CACHE_DIR"] = before
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Two OpenMP threads on a shared 2-core machine spin badly on tiny models; one is enough for tests."""
     import torch

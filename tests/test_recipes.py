@@ -46,6 +46,33 @@ def test_rerunning_encode_adds_token_outputs_to_an_older_complete_cache(tiny_cac
     np.testing.assert_array_equal(open_cache(old).token_outputs(), open_cache(tiny_cache).token_outputs())
 
 
+def test_token_outputs_are_computed_once_per_teacher_and_copied_into_later_caches(tiny_cache, tmp_path, capsys,
+                                                                                 teacher_dir, corpus_file,
+                                                                                 monkeypatch):
+    import teacher_cache.token_outputs as token_outputs
+
+    manifest = open_cache(tiny_cache).manifest
+    kept = token_outputs.shared_copy_path(manifest.teacher_hash)
+    assert kept.is_file()  # the tiny cache's encode kept them in the (scratch) user cache
+    calls = []
+    real = token_outputs.compute_token_outputs
+    monkeypatch.setattr(token_outputs, "compute_token_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = ["--teacher", teacher_dir, "--shard-size", 100, "--max-length", 64, "--precision", "fp32", "--max-rows", 50]
+    code, _, err = run_cli(capsys, "encode", "--corpus", corpus_file, "--out", tmp_path / "second", *args)
+    assert code == 0, err
+    assert calls == []  # copied, not computed
+    expected = open_cache(tiny_cache).token_outputs()
+    np.testing.assert_array_equal(open_cache(tmp_path / "second").token_outputs(), expected)
+    kept.write_bytes(b"not a safetensors file")  # a damaged kept copy is computed again and replaced
+    code, _, err = run_cli(capsys, "encode", "--corpus", corpus_file, "--out", tmp_path / "third", *args)
+    assert code == 0, err
+    assert calls == [1]
+    np.testing.assert_array_equal(open_cache(tmp_path / "third").token_outputs(), expected)
+    assert token_outputs.load_shared_copy(manifest.teacher_hash, (30522, 32)) is not None
+    with pytest.raises(ValueError):
+        token_outputs.shared_copy_path("../../etc")
+
+
 def test_losses_are_zero_at_the_teacher_and_positive_away_from_it():
     torch.manual_seed(0)
     target = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
