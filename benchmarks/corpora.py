@@ -94,7 +94,8 @@ def main() -> None:
     write_new_sources(args.data / "corpus", args.out, seen | probe_all)
 
 
-NEW_SOURCES = ["wikipedia2014_en_sentences.txt.gz", "wikipedia2018_en_sentences.txt.gz", "gutenberg_en_sentences.txt.gz"]
+NEW_SOURCES = ["wikipedia2014_en_sentences.txt.gz", "wikipedia2018_en_sentences.txt.gz",
+               "gutenberg_en_sentences.txt.gz"]
 
 
 def write_new_sources(corpus: Path, out: Path, taken: set[str]) -> None:
@@ -104,7 +105,7 @@ def write_new_sources(corpus: Path, out: Path, taken: set[str]) -> None:
         lines = [line.strip() for line in gz_lines(corpus / name)]
         probes.append([line for i, line in enumerate(lines, 1) if i % 60 == 7 and line][:3_000])
         rest.extend(line for i, line in enumerate(lines, 1) if i % 60 != 7 and line)
-    probe_mix = [text for group in zip(*probes) for text in group]
+    probe_mix = [text for group in zip(*probes, strict=False) for text in group]
     held = set(probe_mix)
     seen, new = set(taken), []
     for text in rest:

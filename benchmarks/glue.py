@@ -45,6 +45,7 @@ from student.tokenizer import read_tokenizer_files
 ROWS = {"random": "(1) random init", "random_kd": "(2) random init + task KD", "sra": "(3) SRA student",
         "sra_kd": "(4) SRA student + task KD", "teacher": "(5) task teacher (MiniLM-L6 FT)"}
 STUDENT_ROWS = ("random", "random_kd", "sra", "sra_kd")
+GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"  # a development checkout's sibling folder (--data-dir)
 # Published context (different teachers, splits and budgets): Tang et al. 2019, SST-2 test accuracy.
 PUBLISHED = [("Tang et al. 2019", "SST-2 test acc", "BiLSTM", 86.7), ("Tang et al. 2019", "SST-2 test acc",
              "BiLSTM_SOFT (task KD + augmentation)", 90.7), ("Tang et al. 2019", "SST-2 test acc", "ELMo", 90.4)]
@@ -70,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--augment", type=int, default=1, help="Tang et al. variants per training row in the KD rows")
     p.add_argument("--select", default="holdout", choices=("holdout", "last"), help="how the kept epoch is chosen")
     p.add_argument("--teacher", default=None, help="default: the bundled all-MiniLM-L6-v2")
-    p.add_argument("--data-dir", default=None, help="GLUE folder (default ../shared/data/glue)")
+    p.add_argument("--data-dir", default=str(GLUE_DIR), help="GLUE folder (default ../shared/data/glue beside the "
+                                                           "checkout)")
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "glue")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="200 train / 200 eval rows, 1 epoch, 1 seed, no RESULTS.md")

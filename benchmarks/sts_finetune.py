@@ -24,6 +24,7 @@ from pathlib import Path
 from benchmarks.common import ROOT, machine, replace_section
 
 FIXED_BLEND = "0.75"
+GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"  # a development checkout's sibling folder (--data-dir)
 ROWS = {"zero-shot": "zero-shot cosine (no fine-tuning)", "fine-tuned": "fine-tuned (kept epoch, a = 1)",
         "chosen": "blend chosen on held-out training rows", "fixed": f"blend a = {FIXED_BLEND} (fixed)"}
 
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lr", type=float, default=5e-4, help="encoder learning rate (the cosine head has no weights)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data-dir", type=Path, default=GLUE_DIR, help="GLUE folder (default ../shared/data/glue beside "
+                                                                "the checkout)")
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "sts-finetune")
     return p.parse_args(argv)
 
@@ -55,8 +58,8 @@ def run(args: argparse.Namespace, epochs: int, seed: int, out: Path) -> dict:
 
     started = time.perf_counter()
     metrics = finetune_student(FinetuneConfig(
-        model=str(args.student), task="stsb", out=str(out), epochs=epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=seed, select="holdout", interpolate="on", force=True, quiet=True))
+        model=str(args.student), task="stsb", out=str(out), data_dir=str(args.data_dir), epochs=epochs, lr=args.lr,
+        batch_size=args.batch_size, seed=seed, select="holdout", interpolate="on", force=True, quiet=True))
     blend = metrics["interpolation"]
     return {"epochs": epochs, "seed": seed, "kept_epoch": metrics["selected_epoch"], "alpha": blend["alpha"],
             "scores": blend["scores"], "wall_s": round(time.perf_counter() - started, 1)}

@@ -13,6 +13,10 @@ import numpy as np
 from finetune.tasks import Layout, RawRow, TaskSpec, read_raw
 from teacher_cache.errors import UserError
 
+# `read_raw` reads data_dir / layout.file: "." leaves an --input path as given, relative to the current folder or
+# absolute ("/" turned SST-2/test.tsv into /SST-2/test.tsv: not found, or worse another file).
+AS_GIVEN = Path(".")
+
 
 @dataclass
 class TaskData:
@@ -96,16 +100,16 @@ def load_inputs(spec: TaskSpec, path: str | Path, text_columns: list[str] | None
     for cols in ([names] if names else [spec.train.text_columns, spec.predict_columns]):
         if cols and all(isinstance(c, str) for c in cols) and set(cols) <= head:
             layout = Layout(str(path), tuple(cols), label if label in head else None)
-            return to_task_data(spec, read_raw(layout, Path("/")), path)
+            return to_task_data(spec, read_raw(layout, AS_GIVEN), path)
     if names:
         raise UserError(f"--input {path}: no column(s) {', '.join(names)} in its header")
     width = len(first.split("\t"))
     if not spec.train.header and width > max(c for c in spec.train.text_columns if isinstance(c, int)):
         labelled = spec.train.label_column is not None and width > spec.train.label_column
         layout = Layout(str(path), spec.train.text_columns, spec.train.label_column, header=False)
-        return to_task_data(spec, read_raw(layout, Path("/"), labelled=labelled), path)
+        return to_task_data(spec, read_raw(layout, AS_GIVEN, labelled=labelled), path)
     if path.suffix.lower() in (".txt", ".tsv") and width == len(spec.train.text_columns):
-        return to_task_data(spec, read_raw(Layout(str(path), tuple(range(width)), None, header=False), Path("/")),
+        return to_task_data(spec, read_raw(Layout(str(path), tuple(range(width)), None, header=False), AS_GIVEN),
                             path)
     want = ", ".join(map(str, spec.predict_columns or spec.train.text_columns))
     raise UserError(f"--input {path}: cannot find the task's text column(s) ({want}); give a header with them, "

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from finetune.task_data import TaskData
+from finetune.task_json import check_task_json
 from finetune.tasks import TaskSpec
 from student.student import Student
-from teacher_cache.atomic import atomic_write
+from teacher_cache.atomic import atomic_path, atomic_write
 from teacher_cache.errors import UserError
 
 HEAD_NAME = "head.safetensors"
@@ -139,9 +140,11 @@ def read_task_json(folder: str | Path) -> dict:
     if not path.exists():
         raise UserError(f"--model {folder}: not a fine-tuned model (no {TASK_JSON}); make one with tc finetune")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: unreadable ({exc})") from None
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: unreadable ({first[:200]})") from None
+    return check_task_json(meta, path)  # a fine-tuned folder is data: every field checked before it is used
 
 
 def write_task_json(folder: str | Path, kind: str, spec: TaskSpec, **extra: object) -> None:
@@ -157,7 +160,8 @@ def save_task_model(folder: str | Path, model: StudentClassifier, spec: TaskSpec
     folder = Path(folder)
     model.student.save_pretrained(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
-    save_file(state, str(folder / HEAD_NAME))
+    with atomic_path(folder / HEAD_NAME) as tmp:  # a link planted at the name is replaced, never written through
+        save_file(state, str(tmp))
     features = FEATURES if model.head.kind == "features" else "cosine(u, v), rescaled to the task's score range"
     write_task_json(folder, "student", spec, head=model.head.settings, features=features, args=args)
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from teacher_cache.errors import UserError
 
-# A development checkout's sibling folder; a user's checkout has none, so there --data-dir is required (one line).
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue"
+GLUE_DIR_ENV = "TC_GLUE_DIR"  # the GLUE folder when --data-dir is not given
 Column = str | int  # a header name, or a 0-based position in a file without header
 
 
@@ -137,19 +137,20 @@ def resolve_task(task: str, text_columns: list[str] | None = None, label_column:
 
 
 def resolve_data_dir(spec: TaskSpec, data_dir: str | Path | None) -> Path:
-    """The GLUE folder: --data-dir, else ../shared/data/glue next to the repository; checked for the task."""
+    """The GLUE folder: --data-dir, else $TC_GLUE_DIR (one-line error when neither is set); checked for the task."""
     if not spec.glue:
         return Path(".")
+    flag = "--data-dir"
     if data_dir is None:
-        if not DEFAULT_DATA_DIR.is_dir():
-            raise UserError(f"--data-dir: required (no GLUE folder at {DEFAULT_DATA_DIR})")
-        data_dir = DEFAULT_DATA_DIR
+        data_dir, flag = os.environ.get(GLUE_DIR_ENV) or None, GLUE_DIR_ENV
+        if data_dir is None:
+            raise UserError(f"--data-dir: required (or set {GLUE_DIR_ENV})")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"--data-dir {data_dir}: no such folder")
+        raise UserError(f"{flag} {data_dir}: no such folder")
     for layout in [spec.train, *spec.evals.values()]:
         if layout.required and not (data_dir / layout.file).is_file():
-            raise UserError(f"--data-dir {data_dir}: no {layout.file} for task {spec.name} "
+            raise UserError(f"{flag} {data_dir}: no {layout.file} for task {spec.name} "
                              "(expected GLUE's layout: <data-dir>/<TASK>/train.tsv, dev.tsv)")
     return data_dir
 

@@ -10,7 +10,7 @@ import typer
 
 from pipeline import failures
 from pipeline.commands import cache, evaluate, export, tasks, train
-from teacher_cache.errors import Terminated, UserError
+from teacher_cache.errors import Terminated, UserError, printable
 
 COMMANDS = [
     ("encode", cache.encode),
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return interrupted(result)
         return result if isinstance(result, int) else 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name's undecodable bytes as \xff
         return 1
     except failures.NO_ARGS as exc:
         print(exc.ctx.get_help() if exc.ctx else str(exc))

@@ -6,25 +6,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from teacher_cache.settings import setting
+from teacher_cache.settings import EPOCHS, SEED, Checked, count, positive, setting
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(Checked):
     """Knobs of `tc probe`."""
 
     shards: Path = setting(Path("out"), "Teacher cache folder (from tc encode).")
     student: Path = setting(Path("student_out"), "Student folder (from tc train-student).")
-    k: int = setting(10, "Neighbours compared per query.")
+    k: int = setting(10, "Neighbours compared per query.", check=count(1))
     queries: int | None = setting(None, "Held-out query rows (default: 1000, or a fifth of the rows probed if "
-                                        "fewer).")
+                                        "fewer).", check=count(1))
     index: str = setting("auto", "auto (exact; HNSW from 50,000 queries, where its build pays), flat, ivf or hnsw.")
     report: Path = setting(Path("probe"), "Folder for report.json, report.md and PNG plots.")
-    max_rows: int | None = setting(20_000, "Probe a random sample of this many cached rows (0 = all).")
+    max_rows: int | None = setting(20_000, "Probe a random sample of this many cached rows (0 = all).", check=count(0))
     column: str | None = setting(None, "Cache vector column or pooling (default: the first).")
-    seed: int = setting(0, "Seed for the row sample and the query split.")
-    batch_size: int = setting(128, "Sentences per student encode batch.")
-    worst: int = setting(10, "Worst queries shown side by side in the report.")
+    seed: int = setting(0, "Seed for the row sample and the query split.", check=SEED)
+    batch_size: int = setting(128, "Sentences per student encode batch.", check=count(1))
+    worst: int = setting(10, "Worst queries shown side by side in the report.", check=count(0))
     query_texts: list[str] = setting(help="A sentence of your own; its neighbours are shown (repeatable). Loads "
                                           "the teacher unless --teacher-free.", factory=list, flag="--query")
     teacher_free: bool = setting(False, "With --query: show the student's side only.")
@@ -33,15 +33,15 @@ class ProbeConfig:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Checked):
     """Knobs of `tc demo`; the defaults finish in a few minutes on 2 CPU cores."""
 
     out: Path = setting(Path("demo"), "Folder for the cache, student, probe report and summary.")
     corpus: list[str] | None = setting(None, "Corpus file(s) (default: the bundled 5,000 sentences).")
     recipe: str = setting("static", "Student recipe: static, compact or paper (see `tc train-student --help`).")
     arch: str | None = setting(None, "Student: bilstm, cnn or static.")
-    epochs: int | None = setting(None, "Training epochs.")
-    lr: float | None = setting(None, "Peak learning rate.")
-    max_rows: int | None = setting(None, "Use only the first N corpus rows.")
+    epochs: int | None = setting(None, "Training epochs.", check=EPOCHS)
+    lr: float | None = setting(None, "Peak learning rate.", check=positive)
+    max_rows: int | None = setting(None, "Use only the first N corpus rows.", check=count(1))
     force: bool = setting(False, "Re-encode even if <out>/cache holds another cache.")
     quiet: bool = setting(False, "No progress lines.")

@@ -11,6 +11,7 @@ from pipeline.sts import load_task, sts_spearman
 from student import Student
 from student.recipes import recipe_config
 from student.train import train
+from teacher_cache.atomic import atomic_write
 from teacher_cache.batching import teacher_encoder
 from teacher_cache.encode import EncodeConfig, encode_corpus
 from teacher_cache.progress import log
@@ -50,7 +51,7 @@ def run_demo(cfg: DemoConfig) -> str:
     metrics = json.loads((student_dir / "metrics.json").read_text())
     summary = render_summary(cfg, manifest, report, metrics, (teacher_sts, student_sts), teacher_rate,
                              (teacher_params, student.num_parameters()), time.perf_counter() - started)
-    (cfg.out / "summary.md").write_text(summary)
+    atomic_write(cfg.out / "summary.md", summary)  # a link planted at the name is replaced, never followed
     return summary
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, printable
 
 try:  # typer >= 0.20 vendors click; its exceptions are not click's (and it has no Exit or Abort)
     from typer._click import exceptions as click_exc
@@ -36,7 +36,7 @@ CLICK = _classes(getattr(click_exc, "ClickException", None))
 def os_error_line(exc: OSError) -> str:
     """'error: FILE: reason' for an OSError that names its file (a full disk, a permission, a missing folder)."""
     reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return f"error: {exc.filename}: {reason}"
+    return printable(f"error: {exc.filename}: {reason}")
 
 
 def traceback_file(text: str) -> Path | None:
@@ -45,8 +45,12 @@ def traceback_file(text: str) -> Path | None:
     path = folder / f"tc-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"tc {' '.join(sys.argv[1:])}\n\n{text}")
-    except OSError:
+        # printable: an argument or a message may hold a file name's undecodable bytes, which UTF-8 cannot write.
+        # The temp folder is shared and the name guessable: create the file afresh, never through a planted link.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(printable(f"tc {' '.join(sys.argv[1:])}\n\n{text}"))
+    except (OSError, ValueError):  # the last line of defence must not fail itself
         return None
     return path
 
@@ -55,9 +59,9 @@ def internal_error(exc: BaseException) -> int:
     """Report an unexpected exception in one line naming where its full traceback went; return exit code 1."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if os.environ.get("TC_DEBUG", "") not in ("", "0"):
-        sys.stderr.write(text)
+        sys.stderr.write(printable(text))
     path = traceback_file(text)
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    first = printable((str(exc).strip().splitlines() or [""])[0][:300])
     where = f"full traceback in {path}" if path else "the traceback could not be written to a file"
     print(f"error: unexpected {type(exc).__name__}{': ' + first if first else ''} ({where}; "
           "TC_DEBUG=1 prints it)", file=sys.stderr, flush=True)
@@ -77,11 +81,28 @@ def check_positive(value: int | None, flag: str) -> None:
         raise UserError(f"{flag} {value}: must be at least 1")
 
 
-def check_out_file(out: Path | None) -> None:
-    """Refuse an --out file whose folder does not exist, or that is a folder, in one line."""
+def check_out_file(out: Path | None, input_file: Path | None = None) -> None:
+    """Refuse an --out file whose folder does not exist, that is a folder, or that is the --input file (another
+    name, a link) it would be written over, in one line."""
     if out is None:
         return
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name")
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    if input_file is not None and out.exists() and input_file.exists() and os.path.samefile(out, input_file):
+        raise UserError(f"--out {out}: is the --input file; write the predictions to another file")
+
+
+def check_out_folder(out: Path, keep: dict[str, Path] | None = None) -> None:
+    """Refuse an --out folder that --force would delete together with the current folder (`.`, `..`, `sub/..`) or
+    with a folder to keep (`keep`: flag -> folder, e.g. the --model read from), in one line."""
+    target = out.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:  # `.` had no name to write beside (ValueError); `..` was deleted
+        raise UserError(f"--out {out}: is the current folder or one above it; name a new folder, e.g. "
+                        "--out exported/")
+    for flag, folder in (keep or {}).items():
+        kept = folder.resolve()
+        if target in kept.parents:
+            raise UserError(f"--out {out}: holds {flag} {folder}; name a new folder")

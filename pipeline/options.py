@@ -3,8 +3,8 @@
 A command takes its own few parameters (typer style) and `**settings`; `@options_from(Config, ...)` adds one option
 per field of each dataclass that was declared with `teacher_cache.settings.setting`: flag, type, default and help
 come from the field. `build(Config, settings)` then makes the dataclass from what was given (an option left out is
-None, which leaves the field's default). Fields listed in `unset` get no default on the command line either (a
-recipe fills them; their help says so).
+None, which leaves the field's default) and checks each number's declared range. Fields listed in `unset` get no
+default on the command line either (a recipe fills them; their help says so).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from teacher_cache.settings import flag_of, is_setting
+from teacher_cache.settings import Checked, check_settings, flag_of, is_setting
 
 SCALARS = (str, int, float, bool, Path)
 
@@ -83,9 +83,13 @@ def options_from(*classes: type, unset: dict[str, str] | None = None, skip: tupl
 
 
 def build(cls: type, settings: dict[str, Any], **fixed: Any):
-    """`cls` made from the given settings (None: the field's default), with `fixed` values on top."""
+    """`cls` made from the given settings (None: the field's default), with `fixed` values on top; every field's
+    declared range checked (one line naming the flag) before the command does anything."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{**{k: v for k, v in settings.items() if k in names and v is not None}, **fixed})
+    made = cls(**{**{k: v for k, v in settings.items() if k in names and v is not None}, **fixed})
+    if not isinstance(made, Checked):  # a Checked class has checked itself on the way in
+        check_settings(made)
+    return made
 
 
 def given(cls: type, settings: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -13,10 +17,11 @@ from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
 from student.student import load_student_folder
 from teacher_cache import open_cache
-from teacher_cache.atomic import atomic_path, atomic_write
+from teacher_cache.atomic import failure_reason, fsync_file
 from teacher_cache.errors import CacheError, UserError
 from teacher_cache.lock import FolderLock
 from teacher_cache.progress import format_seconds
+from teacher_cache.signals import sigterm_as_interrupt
 
 RECALL_DEPTHS = (10, 50, 100)
 
@@ -82,7 +87,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     """Run the probe, write report.json, report.md and PNG plots into cfg.report; return the report.
 
     --report is locked for the run, so a second probe into it is refused in one line rather than mixing files."""
-    with FolderLock(cfg.report, "tc probe", "--report"):
+    with sigterm_as_interrupt(), FolderLock(cfg.report, "tc probe", "--report"):  # SIGTERM: as Ctrl-C, exit 143
         return probe(cfg)
 
 
@@ -179,15 +184,46 @@ def user_queries(cfg: ProbeConfig, cache, student, t_index, s_index, texts, db_r
 
 
 def write_report(cfg: ProbeConfig, report: dict, m: dict, query_tokens: np.ndarray) -> None:
-    """report.json, report.md and three PNG plots (into the folder run_probe's lock made)."""
-    with atomic_path(cfg.report / "agreement_hist.png") as tmp:  # each file whole or not at all
-        plots.agreement_histogram(m["agreement"], cfg.k, tmp)
-    with atomic_path(cfg.report / "similarity_scatter.png") as tmp:
-        plots.similarity_scatter(m["pair_teacher"], m["pair_student"], tmp)
-    with atomic_path(cfg.report / "agreement_by_length.png") as tmp:
-        plots.agreement_by_length(query_tokens, m["agreement"], tmp)
-    atomic_write(cfg.report / "report.md", render_markdown(report))
-    atomic_write(cfg.report / "report.json", json.dumps(report, indent=2) + "\n")  # last: the report is complete
+    """report.json, report.md and three PNG plots (into the folder run_probe's lock made), all or none of them.
+
+    Every file is first written into a hidden folder of this run inside --report, then renamed into place,
+    report.json last; a write that fails (a full disk) removes them all, so a fresh --report stays empty (and is
+    removed with the lock), and is one line naming --report and the file."""
+    writers = {
+        "agreement_hist.png": lambda path: plots.agreement_histogram(m["agreement"], cfg.k, path),
+        "similarity_scatter.png": lambda path: plots.similarity_scatter(m["pair_teacher"], m["pair_student"], path),
+        "agreement_by_length.png": lambda path: plots.agreement_by_length(query_tokens, m["agreement"], path),
+        "report.md": lambda path: path.write_text(render_markdown(report)),
+        "report.json": lambda path: path.write_text(json.dumps(report, indent=2) + "\n"),  # last: complete
+    }
+    folder = Path(cfg.report)
+    name = "a temporary folder"
+    placed: list[Path] = []  # new files renamed in where none was before: removed again if a later rename fails
+    for stale in folder.glob(".probe-tmp-*"):  # a killed probe's (the lock is ours: no other probe runs here)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".probe-tmp-", dir=folder))  # ours alone: no planted link inside
+        try:
+            for name, write in writers.items():
+                write(staging / name)
+                fsync_file(staging / name)
+            for name in writers:
+                fresh = not (folder / name).exists()
+                os.replace(staging / name, folder / name)
+                if fresh:
+                    placed.append(folder / name)
+        except BaseException:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except Exception as exc:
+        reason = failure_reason(exc)
+        if isinstance(exc, OSError) or reason == "no space left on device":
+            raise UserError(f"--report {cfg.report}: cannot write {name} ({reason}); no report written") from None
+        raise
 
 
 def render_markdown(report: dict) -> str:

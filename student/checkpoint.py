@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from student.tokenizer import TOKENIZER_FILES
 from teacher_cache.atomic import atomic_path, failure_reason
 from teacher_cache.errors import CacheError, UserError
 from teacher_cache.lock import LOCK_NAME, FolderLock
+from teacher_cache.safe_paths import real_folder, remove_tree
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -35,7 +35,7 @@ def save_checkpoint(out: str | Path, state: dict) -> Path:
     path = checkpoint_file(out)
     summary = {k: state[k] for k in ("epoch", "batches_done", "step", "rows_seen") if k in state}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        real_folder(path.parent)  # a symlinked checkpoint/ is replaced by a folder, never written through
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(state, fh)
         with atomic_path(path.parent / "trainer_state.json") as tmp:
@@ -136,7 +136,7 @@ def clear_output(out: str | Path, names: tuple[str, ...] = OUTPUT_FILES) -> None
     for name in names:
         (out / name).unlink(missing_ok=True)
     for name in (CHECKPOINT_DIR, *OUTPUT_DIRS):
-        shutil.rmtree(out / name, ignore_errors=True)
+        remove_tree(out / name)  # a symlink there: the link goes, never what it points to
 
 
 @contextmanager
@@ -152,11 +152,11 @@ def hold_output(out: str | Path, shards: str | Path, command: str = "tc train-st
     refuse_unsafe_out(Path(out), Path(shards), "cache")  # before the lock creates the folder
     with FolderLock(out, command):
         folder = Path(out) / CHECKPOINT_DIR
-        if folder.is_dir() and not checkpoint_file(out).exists():
-            shutil.rmtree(folder, ignore_errors=True)
+        if (folder.is_dir() or folder.is_symlink()) and not checkpoint_file(out).exists():
+            remove_tree(folder)
         yield
 
 
 def remove_checkpoint(out: str | Path) -> None:
     """Delete the checkpoint once the finished student is written."""
-    shutil.rmtree(Path(out) / CHECKPOINT_DIR, ignore_errors=True)
+    remove_tree(Path(out) / CHECKPOINT_DIR)

@@ -6,13 +6,25 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import UserError
+from teacher_cache.safe_paths import a_type, shown
 
 ARCHS = ("bilstm", "cnn", "static")
 POOLINGS = ("max", "mean")
 # Per-architecture defaults for the knobs left as None: (emb_dim, hidden, pooling).
 ARCH_DEFAULTS = {"bilstm": (300, 512, "max"), "cnn": (300, 256, "max"), "static": (256, 0, "mean")}
 CONFIG_NAME = "config.json"
+# What a config.json from disk may hold: (JSON type, largest value) per field; a bigger number is refused in one
+# line rather than allocated (a 10**12-row embedding). A student folder names no other file: its files are fixed.
+LOAD_LIMITS = {"vocab_size": (int, 10 ** 7), "emb_dim": (int, 1 << 14), "hidden": (int, 1 << 14),
+               "layers": (int, 64), "out_dim": (int, 1 << 14), "max_length": (int, 1 << 20),
+               "dropout": (float, 1.0), "pad_id": (int, 10 ** 7), "arch": (str, None), "pooling": (str, None),
+               "token_weights": (bool, None), "static_path": (bool, None), "add_special_tokens": (bool, None),
+               "teacher": (dict, None), "kernel_sizes": (list, None)}
+MAX_EMBEDDING = 1 << 31
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
+              list: "a list"}
 
 
 @dataclass
@@ -76,8 +88,8 @@ class StudentConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, folder: str | Path) -> None:
-        """Write config.json into `folder`."""
-        (Path(folder) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write config.json into `folder` (atomically: a link planted at its name is replaced, not followed)."""
+        atomic_write(Path(folder) / CONFIG_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> StudentConfig:
@@ -92,12 +104,41 @@ class StudentConfig:
             raise UserError(f"{folder}: not a student folder (no {CONFIG_NAME}; train one with tc train-student)")
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: unreadable student config ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"{path}: unreadable student config ({first[:200]})") from None
         if not isinstance(data, dict) or "arch" not in data:
             raise UserError(f"{folder}: not a student folder (its {CONFIG_NAME} has no student 'arch'; a "
                             "transformers model?)")
+        check_loaded(data, path)
         try:
             return cls.from_dict(data)
-        except TypeError as exc:
-            raise UserError(f"{path}: unreadable student config ({exc})") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{path}: unreadable student config ({str(exc)[:200]})") from None
+
+
+def field_problem(value: object, kind: type, limit: int | float | None) -> str | None:
+    """Why one config.json value is not of `kind` within `limit` (None: it is; JSON null always passes here)."""
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        return f"{a_type(value)}, not {KIND_NAMES[kind]}"
+    if limit is not None and not 0 <= value <= limit:
+        return f"outside 0..{limit:,}"
+    if kind is list and not all(isinstance(k, int) and not isinstance(k, bool) and 0 < k <= 1025 for k in value):
+        return "not a list of widths 1..1025"
+    return None
+
+
+def check_loaded(data: dict, path: Path) -> None:
+    """Refuse, in one line naming the file and field, a config.json value of a wrong type or an absurd size."""
+    for key, (kind, limit) in LOAD_LIMITS.items():
+        problem = field_problem(data.get(key), kind, limit)
+        if problem:
+            raise UserError(f"{path}: {key} = {shown(data[key], 80)}: {problem}")
+    weights = (data.get("vocab_size") or 0) * (data.get("emb_dim") or 300)  # 300: the widest default
+    if weights > MAX_EMBEDDING:
+        raise UserError(f"{path}: vocab_size x emb_dim = {weights:,}: more than {MAX_EMBEDDING:,} weights; not a "
+                        "student this toolkit writes")

@@ -90,7 +90,9 @@ class StreamingCacheDataset(IterableDataset):
         self.batch_size, self.seed, self.buffer_size, self.pool_batches = batch_size, seed, buffer_size, pool_batches
         self.val_ids = np.zeros(0, dtype=np.int64) if val_ids is None else np.asarray(val_ids, dtype=np.int64)
         self.max_rows, self.rank, self.world_size = max_rows, rank, world_size
-        self.shards = open_cache(self.cache_dir).manifest.shards
+        # every epoch reads the shards of this one manifest; the trainer re-checks between epochs that it still holds
+        self.cache = open_cache(self.cache_dir)
+        self.shards = self.cache.manifest.shards
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -210,7 +212,6 @@ class StreamingCacheDataset(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, stream, 1])
         segments = self.stream_segments(self.epoch, worker, num_workers)
         skip = self.skip_batches if info is None else 0  # with workers, the trainer drops batches itself
-        cache = open_cache(self.cache_dir)
-        for i, rows in enumerate(self._bucket(self._shuffle(self._rows(cache, segments, rng), rng), rng)):
+        for i, rows in enumerate(self._bucket(self._shuffle(self._rows(self.cache, segments, rng), rng), rng)):
             if i >= skip:
                 yield self.collate(rows)

@@ -1,7 +1,9 @@
 """`tc export`: a student folder -> a model2vec folder (static students) or an ONNX folder (every architecture).
 
 Each export is written into a temporary folder beside the output, checked against the torch student on sample
-sentences, and renamed into place at the end: a failed or interrupted export leaves nothing half written.
+sentences, and renamed into place at the end: a failed or interrupted export (Ctrl-C, SIGTERM) leaves nothing half
+written. --out is locked for the run (one export into a folder at a time), an --out that overlaps --model is
+refused, and the temporary folder of an export that was killed outright (SIGKILL) is removed by the next one.
 
 - model2vec: a mean-pooling static student is proj(mean_t w_t e_t) = mean_t proj(w_t e_t) (the bias included),
   so one matrix with row t = W (w_t e_t) + b reproduces it exactly under model2vec's mean over tokens. model2vec
@@ -15,9 +17,12 @@ sentences, and renamed into place at the end: a failed or interrupted export lea
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +31,15 @@ import numpy as np
 from student.export_formats import check_model2vec_student, import_onnx, model2vec_vectors, write_model2vec, write_onnx
 from student.onnx_student import OnnxStudent
 from student.student import load_student_folder
+from teacher_cache.atomic import failure_reason, fsync_file
 from teacher_cache.errors import UserError
+from teacher_cache.lock import LOCK_NAME, FolderLock
+from teacher_cache.progress import log
+from teacher_cache.signals import sigterm_as_interrupt
 
 FORMATS = ("model2vec", "onnx")
 DTYPES = ("float32", "float16", "int8")
+TEMP_PREFIX = ".{name}.export-tmp-"  # + the pid of the export writing it
 # Sentences every export is checked on (unknown characters, an accent, a long one, a one-word one).
 CHECK_SENTENCES = [
     "A man is playing a guitar.",
@@ -91,27 +101,102 @@ def export_card(fmt: str, dtype: str, source: Path, dim: int, cosine: float) -> 
 
 def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "float32",
                    force: bool = False) -> ExportResult:
-    """Export a student folder to `out` (model2vec or onnx), via a temporary folder renamed at the end."""
+    """Export a student folder to `out` (model2vec or onnx), via a temporary folder renamed at the end.
+
+    --out is locked for the run (a second export into it is refused in one line naming the first); temporary
+    folders that killed exports left beside it are removed first; a SIGTERM is handled as Ctrl-C (the temporary
+    folder is removed, nothing else changes, the CLI exits 143)."""
     if to not in FORMATS:
         raise UserError(f"--to {to}: choose one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     model, out = Path(model), Path(out)
+    check_out(out, model)
     student = load_student_folder(model)
     if to == "model2vec":
         check_model2vec_student(student.config, model)
     else:
         import_onnx()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    check_empty(out, force)  # before the lock creates the folder: a refused run leaves nothing
+    dest = Path(os.path.abspath(out))  # ".." and the like resolved, so that siblings are named beside the folder
+    with sigterm_as_interrupt(), FolderLock(out, "tc export"):
+        check_empty(out, force)  # again under the lock: an export that finished meanwhile is not replaced unasked
+        remove_stale_temps(dest)
+        tmp = temp_folder(dest, os.getpid())
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot create {tmp.name} beside it ({failure_reason(exc)})") from None
+        try:
+            cosine = write_checked(student, model, to, dtype, tmp, out)
+            try:
+                place(tmp, dest)
+            except OSError as exc:
+                raise UserError(f"--out {out}: cannot rename the export into place ({failure_reason(exc)}); "
+                                "nothing written to it") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return ExportResult(out, to, dtype, folder_bytes(dest), cosine)
+
+
+def check_empty(out: Path, force: bool) -> None:
+    """Refuse an --out that holds something (a lock file left by a killed run aside) unless --force."""
+    present = [p.name for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
+    if present and not force:
         raise UserError(f"--out {out}: exists and is not empty; pass --force to replace it")
-    if out.resolve() == model.resolve():
-        raise UserError(f"--out {out}: the same folder as --model")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.export-tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+
+
+def check_out(out: Path, model: Path) -> None:
+    """Refuse, before anything is written or removed, an --out that is a file, overlaps --model (the same folder,
+    inside it or holding it: --force would delete the student), or is the current folder or one above it.
+
+    (The CLI checks the last two first, in the same words: pipeline/failures.py check_out_folder.)"""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == here or target in here.parents:
+        raise UserError(f"--out {out}: is the current folder or one above it; name a new folder, e.g. "
+                         "--out exported/")
+    if model.exists():
+        source = model.resolve()
+        if target == source:
+            raise UserError(f"--out {out}: is the --model folder; name a new folder")
+        if source in target.parents:
+            raise UserError(f"--out {out}: is inside --model {model}; name a new folder")
+        if target in source.parents:
+            raise UserError(f"--out {out}: holds --model {model}; name a new folder")
+
+
+def temp_folder(dest: Path, pid: int | str) -> Path:
+    """The hidden folder beside `dest` where export `pid` writes before renaming it into place."""
+    return dest.with_name(f"{TEMP_PREFIX.format(name=dest.name)}{pid}")
+
+
+def remove_stale_temps(dest: Path) -> list[Path]:
+    """Remove the temporary folders killed exports into `dest` left beside it (called under dest's lock); return them.
+
+    Every export into `dest` writes its temporary folder while holding dest's lock, and this one holds it now: so
+    whatever temporary folder is there belongs to an export that is no longer running (killed, SIGKILL or a crash),
+    whatever its pid (a pid may since have been reused by another process)."""
+    prefix = TEMP_PREFIX.format(name=dest.name)
     try:
-        reference = student.encode(CHECK_SENTENCES)
+        stale = [p for p in dest.parent.iterdir()
+                 if p.name.startswith(prefix) and p.is_dir() and not p.is_symlink()]  # a link is not ours
+    except OSError:
+        return []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"removed {path}, left by an export into {dest.name} that was killed")
+    return stale
+
+
+def write_checked(student, model: Path, to: str, dtype: str, tmp: Path, out: Path) -> float:
+    """Write the export into `tmp` and check it against the torch student; return the worst cosine.
+
+    A write that fails (a full disk, a permission) is one line naming --out and the file; nothing is placed."""
+    reference = student.encode(CHECK_SENTENCES)
+    try:
         if to == "model2vec":
             write_model2vec(student, tmp, dtype)
             got = model2vec_vectors(tmp, CHECK_SENTENCES)
@@ -126,10 +211,67 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
         (tmp / "README.md").write_text(export_card(to, dtype, model, student.dim, cosine))
         (tmp / "export.json").write_text(json.dumps({"format": to, "dtype": dtype, "source": str(model),
                                                      "min_cosine": cosine}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in tmp.rglob("*"):  # on the disk before the rename makes the folder visible as --out
+            if path.is_file():
+                fsync_file(path)
+    except UserError:
         raise
-    return ExportResult(out, to, dtype, folder_bytes(out), cosine)
+    except Exception as exc:
+        reason = failure_reason(exc)
+        if not isinstance(exc, OSError) and reason != "no space left on device":
+            raise  # a bug, not a write that failed: the CLI reports it with its traceback file
+        raise UserError(f"--out {out}: cannot write {written_name(exc, tmp)} ({reason}); nothing written to "
+                         f"{out}") from None
+    return cosine
+
+
+def written_name(exc: BaseException, tmp: Path) -> str:
+    """The file a failed write was writing, relative to the export folder ('model.onnx'), or 'the export'."""
+    name = getattr(exc, "filename", None)
+    if not name:
+        return "the export"
+    try:
+        return str(Path(name).resolve().relative_to(tmp.resolve()))
+    except ValueError:
+        return Path(name).name
+
+
+def place(tmp: Path, dest: Path) -> None:
+    """Make the finished `tmp` the folder `dest` (which holds this export's lock), then remove what dest held.
+
+    The lock file is linked into `tmp` first, so that the new folder is still locked by this run until it
+    releases the lock: a second export started between the rename and the release is still refused. Where
+    Linux can, the two folders are exchanged in one step (nobody ever sees `dest` missing); elsewhere dest is
+    renamed aside and tmp renamed onto it."""
+    try:
+        os.link(dest / LOCK_NAME, tmp / LOCK_NAME)
+    except OSError:
+        pass  # a file system without hard links: the new folder is simply unlocked a moment early
+    if exchange(tmp, dest):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old contents of dest
+        return
+    old = temp_folder(dest, f"{os.getpid()}-old")
+    dest.rename(old)
+    try:
+        tmp.rename(dest)
+    except BaseException:
+        old.rename(dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2 RENAME_EXCHANGE); False where the OS or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, musl)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or file system without RENAME_EXCHANGE
+        return False
+    raise OSError(code, os.strerror(code), str(b))

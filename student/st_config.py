@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from teacher_cache.atomic import atomic_write
+from teacher_cache.safe_paths import real_folder
 
 MODULE_CLASS = "student.st_module.StudentSentenceEncoder"
 MODULES = [{"idx": 0, "name": "0", "path": "", "type": MODULE_CLASS}]
@@ -38,7 +39,7 @@ def write_sentence_transformers_files(folder: str | Path, static: tuple[np.ndarr
         from safetensors.numpy import save
 
         matrix, tokenizer_json = static
-        (folder / STATIC_MODULE_DIR).mkdir(exist_ok=True)
+        real_folder(folder / STATIC_MODULE_DIR)  # a symlinked module folder is replaced, never written through
         atomic_write(folder / STATIC_MODULE_DIR / "model.safetensors",
                      save({"embedding.weight": np.ascontiguousarray(matrix, dtype=np.float32)}))
         atomic_write(folder / STATIC_MODULE_DIR / "tokenizer.json", tokenizer_json)

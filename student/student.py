@@ -103,7 +103,7 @@ class Student(nn.Module):
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         atomic_write(path / WEIGHTS_NAME, save(state, metadata={"format": "pt", "arch": self.config.arch}))
         for name, data in self.tokenizer_files.items():
-            (path / name).write_bytes(data)
+            atomic_write(path / name, data)  # a link planted at the name is replaced, never written through
         write_sentence_transformers_files(path, self.sentence_transformers_static())
 
     def sentence_transformers_static(self) -> tuple[np.ndarray, bytes] | None:

@@ -35,9 +35,9 @@ from student.runtime import autocast_dtype, deferred_interrupt, resolve_device
 from student.student import Student
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
 from student.train_config import RUN_ONLY, TrainConfig
-from teacher_cache.errors import Terminated, UserError
+from teacher_cache.errors import CacheError, Terminated, UserError
 from teacher_cache.progress import Progress, log
-from teacher_cache.reader import open_cache
+from teacher_cache.reader import cache_change, open_cache
 
 
 def make_optimizers(student: Student, cfg: TrainConfig, sparse: bool) -> list[torch.optim.Optimizer]:
@@ -97,8 +97,8 @@ def _train(cfg: TrainConfig) -> dict:
     if ddp.enabled and device.type == "cuda" and cfg.sparse_embeddings == "yes":
         raise UserError("--sparse-embeddings yes: NCCL cannot all-reduce sparse gradients; use auto or no on CUDA")
     amp = autocast_dtype(device, cfg.precision)
-    cache = open_cache(cfg.shards)
-    cache.check()
+    cache = open_cache(cfg.shards)  # refused while a writer holds it
+    cache.check()  # every shard (checksum, ids, vector widths) before --force clears anything
     column = cache.vector_column(cfg.target_column)
     n_rows = len(cache) if cfg.max_rows is None else min(cfg.max_rows, len(cache))
     val_rows = min(2000, n_rows // 10) if cfg.val_rows is None else cfg.val_rows
@@ -182,8 +182,21 @@ def _train(cfg: TrainConfig) -> dict:
         if metrics:
             log(f"eval step {step:,}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), cfg.quiet)
 
+    def same_cache(every_rank: bool = True) -> None:
+        """Stop in one line, saving nothing, when the cache is no longer the one training started from."""
+        change = cache_change(cfg.shards, cache_info["fingerprint"])
+        seen = float(change is not None)
+        if every_rank:  # all ranks stop together: none is left waiting at a barrier for one that stopped
+            seen = distributed.all_sum(ddp, seen)[0]
+        if seen:
+            raise CacheError(f"{change or 'the cache changed (seen by another rank)'}; training stopped at step "
+                             f"{step:,} without saving what it learnt since the last check, which may mix old and "
+                             "new shards (a checkpoint saved before, if any, stays); rerun with --force once the "
+                             "cache is written")
+
     def checkpoint() -> None:
         """Save everything needed to continue exactly from here (rank 0 writes; the ranks hold identical weights)."""
+        same_cache()  # never a checkpoint of weights that saw two caches
         if ddp.is_main:
             save_checkpoint(cfg.out, {
                 "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
@@ -228,7 +241,7 @@ def _train(cfg: TrainConfig) -> dict:
                     checkpoint()
             epoch, batches_done = epoch + 1, 0
             record_eval()
-            checkpoint()
+            checkpoint()  # re-checks the cache first: each epoch ends on the manifest it started from
     progress.close()
     if not ddp.is_main:
         return {"rank": ddp.rank, "steps": step, "rows_seen": rows_seen}
@@ -240,6 +253,7 @@ def _train(cfg: TrainConfig) -> dict:
                "rows_seen": rows_seen, "steps": step, "epochs": cfg.epochs, "train_rows": train_rows,
                "val_rows": val_rows, "train_seconds": round(seconds, 2),
                "sentences_per_second": round(rows_seen / max(seconds, 1e-9), 1), "history": history}
+    same_cache(every_rank=False)  # the other ranks have returned
     student.save_pretrained(cfg.out)
     write_run_files(cfg.out, args, metrics, student.num_parameters())
     remove_checkpoint(cfg.out)

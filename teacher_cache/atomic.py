@@ -23,15 +23,31 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def fresh_file(path: Path) -> None:
+    """Create `path` as a new empty regular file of ours: whatever was there (a leftover, or a link planted to make
+    us write elsewhere) is unlinked first, and O_EXCL | O_NOFOLLOW refuse anything that appears in between."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        path.unlink()  # a symlink: removes the link, never its target
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+
+
 @contextmanager
 def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """Yield `<path>.tmp` to write; when the block ends it is fsynced and renamed onto `path`.
+
+    The temporary file is made afresh (see `fresh_file`), so the caller writes to a regular file of ours even when
+    someone planted a link named `<path>.tmp`; the rename replaces a link at `path` itself rather than following it.
 
     Any exception (or Ctrl-C) inside the block or while renaming removes the temporary file and leaves `path` as
     it was; the exception propagates unchanged, for the caller to word.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    fresh_file(tmp)
     try:
         yield tmp
         if fsync:

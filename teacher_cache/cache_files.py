@@ -12,18 +12,21 @@ in `manifest.extra["other_files"]`, never checksummed, never removed.
 from __future__ import annotations
 
 import fnmatch
-import shutil
 from pathlib import Path
 
 from teacher_cache.errors import CacheMismatchError, UserError
 from teacher_cache.lock import LOCK_NAME
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
 from teacher_cache.progress import log
+from teacher_cache.safe_paths import name_problem, remove_file, remove_tree
 from teacher_cache.shards import sha256_file
 
 # Cache files by name, removed by a --force run (with every file the old manifest recorded).
 OWN_FILES = ("shard-*.arrow", "shard-*.h5", "shard-*.tmp", "manifest.json", "manifest.json.tmp",
              "token_embeddings.safetensors", "token_outputs.safetensors", "*.safetensors.tmp")
+# Partial or unlisted files a killed run leaves, removed before a resume (listed shards and the user's files kept).
+STRAY_FILES = ("shard-*.tmp", "shard-*.arrow", "shard-*.h5", "manifest.json.tmp", "*.safetensors.tmp")
+TOKENIZER_DIR = "tokenizer"  # written whole by save_teacher_files, so dropped whole when one of its files is bad
 
 
 def file_record(path: Path) -> dict:
@@ -41,8 +44,9 @@ def other_files(out: Path) -> list[str]:
     found = []
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        ours = rel.startswith("tokenizer/") or any(fnmatch.fnmatch(rel, pattern) for pattern in OWN_FILES)
-        if path.is_file() and path.name != LOCK_NAME and not ours:
+        ours = rel.split("/")[0] == TOKENIZER_DIR or any(fnmatch.fnmatch(rel, pattern) for pattern in OWN_FILES)
+        # a link counts as the user's too (it is never the cache's); a name tc could not list again is skipped
+        if (path.is_file() or path.is_symlink()) and path.name != LOCK_NAME and not ours and not name_problem(rel):
             found.append(rel)
     return found
 
@@ -54,7 +58,8 @@ def unrecorded_files(out: Path, manifest: CacheManifest) -> list[str]:
     found = []
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and rel not in skip and not path.name.endswith(".tmp") and not path.name.startswith("shard-"):
+        plain = path.is_file() and not path.is_symlink() and not name_problem(rel)  # tc writes no links
+        if plain and rel not in skip and not path.name.endswith(".tmp") and not path.name.startswith("shard-"):
             found.append(rel)
     return found
 
@@ -86,7 +91,9 @@ def recheck(out: Path, manifest: CacheManifest) -> list[str]:
     """Before a resume: drop the first bad shard and every later one, and each bad recorded file; say what was dropped.
 
     Ids are row positions, so the shards kept are exactly the prefix an uninterrupted run would have written; what
-    was dropped is written again (the teacher files by `save_teacher_files`, the shards by the encode loop).
+    was dropped is written again (the teacher files by `save_teacher_files`, the shards by the encode loop). Only
+    names the manifest lists are removed (CacheManifest.load checked each lies inside `out`), one file at a time;
+    the one folder removed whole is tokenizer/, which tc writes whole (a link there: only the link goes).
     """
     notes = []
     for index, info in enumerate(manifest.shards):
@@ -101,45 +108,48 @@ def recheck(out: Path, manifest: CacheManifest) -> list[str]:
         problem = file_problem(out, rel, record) if rel in manifest.files else None
         if problem:
             notes.append(f"{problem}; writing it again")
-            top = rel.split("/")[0]
-            if top != rel:  # a folder such as tokenizer/ is written whole: drop all of it
-                shutil.rmtree(out / top, ignore_errors=True)
-                for name in [n for n in manifest.files if n.startswith(top + "/")]:
+            if rel.startswith(TOKENIZER_DIR + "/"):  # written whole by save_teacher_files: drop all of it
+                remove_tree(out / TOKENIZER_DIR)
+                for name in [n for n in manifest.files if n.startswith(TOKENIZER_DIR + "/")]:
                     del manifest.files[name]
             else:
-                (out / rel).unlink(missing_ok=True)
+                remove_file(out / rel)  # a link: the link itself, never what it points to
                 del manifest.files[rel]
             manifest.complete = False
     return notes
 
 
 def remove_strays(out: Path, manifest: CacheManifest) -> None:
-    """Delete partial shards and shards the manifest does not list (left by a killed run or dropped by `recheck`)."""
-    listed = {s.file for s in manifest.shards}
-    for pattern in ("shard-*.tmp", "shard-*.arrow", "shard-*.h5", "*.tmp"):
+    """Delete partial shards and shards the manifest does not list (left by a killed run or dropped by `recheck`);
+    only names tc writes (STRAY_FILES), never one the manifest keeps as the user's."""
+    keep = {s.file for s in manifest.shards} | set(manifest.extra.get("other_files") or [])
+    for pattern in STRAY_FILES:
         for path in out.glob(pattern):
-            if path.name not in listed:
-                path.unlink(missing_ok=True)
+            if path.name not in keep:
+                remove_file(path)
 
 
 def wipe_cache(out: Path, old: CacheManifest | bool | None = None) -> None:
     """Remove the files a cache consists of (and nothing else) when a --force run replaces it.
 
-    `old` is the replaced cache's manifest (its recorded files go too), or True/None when it was unreadable.
+    `old` is the replaced cache's manifest (its recorded files go too: CacheManifest.load checked that each lies
+    inside `out`), or True/None when it was unreadable or refused. Files go one by one (a link: the link only);
+    tokenizer/ goes whole when it is a real folder, and only the link when it is a symlink.
     """
     for pattern in OWN_FILES:
         for path in out.glob(pattern):
-            path.unlink(missing_ok=True)
+            remove_file(path)
     for rel in (old.files if isinstance(old, CacheManifest) else {}):
-        (out / rel).unlink(missing_ok=True)
-    shutil.rmtree(out / "tokenizer", ignore_errors=True)
+        if not rel.startswith(TOKENIZER_DIR + "/"):
+            remove_file(out / rel)
+    remove_tree(out / TOKENIZER_DIR)
 
 
 def load_old(out: Path) -> CacheManifest | None:
     """The manifest of the cache a --force run will replace, or None when it is missing or unreadable."""
     try:
         return CacheManifest.load(out) if (out / MANIFEST_NAME).exists() else None
-    except Exception:  # a broken manifest is replaced all the same
+    except Exception:  # a broken (or refused) manifest is replaced all the same, but none of its names is used
         return None
 
 

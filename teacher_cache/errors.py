@@ -5,6 +5,15 @@ its subclasses are the ones about a teacher cache (its corpus, its settings, its
 """
 
 
+def printable(text: str) -> str:
+    """`text` safe to print or write as UTF-8: a byte that a file name could not decode (Python keeps it as a
+    surrogate escape) shown as \\xff, instead of failing the print (or the error handler) with UnicodeEncodeError."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class UserError(Exception):
     """A problem the user can fix (bad input, bad flag, an --out in the way); printed as one line."""
 

@@ -10,12 +10,15 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 from teacher_cache.errors import CacheError
 
 LOCK_NAME = ".tc.lock"
+# O_NOFOLLOW: a symlink planted at the lock path is refused by the OS instead of opened (and truncated) through
+OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _reason(exc: OSError) -> str:
@@ -46,11 +49,15 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         """Take the lock, or raise a one-line CacheError naming the process that holds it."""
         self._make_folder()
+        replaced = False
         try:
             while True:
                 try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                    fd = os.open(self.path, OPEN_FLAGS, 0o644)
                 except OSError as exc:
+                    if exc.errno == errno.ELOOP and not replaced:  # a symlink: tc never makes one, so drop the link
+                        replaced = self._unlink_planted()
+                        continue
                     raise CacheError(f"{self.flag} {self.folder}: cannot write a lock file ({_reason(exc)})") from None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,6 +67,13 @@ class FolderLock:
                         raise CacheError(f"{self.flag} {self.folder}: cannot lock ({_reason(exc)})") from None
                     raise CacheError(f"{self.flag} {self.folder}: in use by {read_holder(self.path)}; wait for it "
                                      "to finish or choose another folder") from None
+                if not _plain_file(fd):  # a hard link to someone's file, or not a file: never truncate it
+                    os.close(fd)
+                    if replaced:
+                        raise CacheError(f"{self.flag} {self.folder}: {LOCK_NAME} keeps being replaced by a link; "
+                                         "is someone else writing this folder?")
+                    replaced = self._unlink_planted()
+                    continue
                 if _same_file(fd, self.path):  # not unlinked by a holder releasing between our open and flock
                     break
                 os.close(fd)
@@ -72,6 +86,15 @@ class FolderLock:
             self._remove_created()
             raise
         return self
+
+    def _unlink_planted(self) -> bool:
+        """Remove the name at the lock path (a link: the link itself, its target untouched); True once done."""
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise CacheError(f"{self.flag} {self.folder}: cannot replace {self.path}, a link tc did not make "
+                             f"({_reason(exc)}); remove it") from None
+        return True
 
     def release(self) -> None:
         """Remove the lock file and release the lock (and the folder, if this lock created it and it is empty)."""
@@ -107,10 +130,16 @@ class FolderLock:
                 pass
 
 
+def _plain_file(fd: int) -> bool:
+    """True when the open lock file is a regular file with no other name (not a hard link to another file)."""
+    info = os.fstat(fd)
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
 def _same_file(fd: int, path: Path) -> bool:
     """True when `path` still names the file open as `fd`."""
     try:
-        a, b = os.fstat(fd), os.stat(path)
+        a, b = os.fstat(fd), os.lstat(path)
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
@@ -118,8 +147,12 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def read_holder(path: Path) -> str:
     """What the lock file says about its holder ('pid 123 on host (tc encode, since ...)')."""
-    try:
-        text = path.read_text(errors="replace").strip()
+    try:  # O_NOFOLLOW: never show the first line of a file a planted link points to
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 4096).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
     except OSError:
         text = ""
     return text.splitlines()[0] if text else "another process"
@@ -129,7 +162,7 @@ def holder(folder: str | Path) -> str | None:
     """Who holds the lock on `folder` right now, or None when nobody does (a stale lock file counts as free)."""
     path = Path(folder) / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:

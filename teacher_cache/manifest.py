@@ -10,6 +10,7 @@ from pathlib import Path
 
 from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import CacheError
+from teacher_cache.safe_paths import a_type, check_name, inside, name_problem, shown
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -91,13 +92,36 @@ class CacheManifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> CacheManifest:
-        """Build a manifest from its JSON form, tolerating keys written by newer versions."""
+    def from_dict(cls, data: dict, where: str = MANIFEST_NAME) -> CacheManifest:
+        """Build a manifest from its JSON form, tolerating keys written by newer versions; a wrong type or a name
+        that is not a plain relative file name is a one-line CacheError naming `where` and the entry."""
+        check_fields(data, MANIFEST_TYPES, where, required=REQUIRED)
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in data.items() if k in known}
         keys = set(ShardInfo.__dataclass_fields__)
-        kwargs["shards"] = [ShardInfo(**{k: v for k, v in s.items() if k in keys}) for s in data.get("shards", [])]
-        return cls(**kwargs)
+        shards = data.get("shards", [])
+        for index, shard in enumerate(shards):
+            check_fields(shard, SHARD_TYPES, f"{where}: shards[{index}]", required=("file", "rows", "id_start",
+                                                                                     "id_end", "sha256"))
+        kwargs["shards"] = [ShardInfo(**{k: v for k, v in s.items() if k in keys}) for s in shards]
+        manifest = cls(**kwargs)
+        for rel, record in manifest.files.items():
+            check_name(rel, f"{where}: files key")
+            check_fields(record, FILE_TYPES, f"{where}: files[{shown(rel)}]", required=("sha256",))
+        other = manifest.extra.get("other_files")
+        if other is not None and not isinstance(other, list):
+            raise CacheError(f"{where}: extra.other_files: {a_type(other)}, not a list of names")
+        for rel in other or []:
+            check_name(rel, f"{where}: extra.other_files entry")
+        return manifest
+
+    def cache_names(self) -> list[tuple[str, str]]:
+        """(entry, name) of every name inside the cache folder that this manifest tells tc to read or remove."""
+        names = [(f"shards[{i}].file", s.file) for i, s in enumerate(self.shards)]
+        names += [("files key", rel) for rel in self.files]
+        names += [(key, getattr(self, key)) for key in ("tokenizer_dir", "token_embeddings_file")
+                  if getattr(self, key) is not None]
+        return names
 
     def save(self, directory: str | Path) -> None:
         """Write manifest.json atomically (temporary file, fsync, rename)."""
@@ -120,12 +144,76 @@ class CacheManifest:
             raise CacheError(f"{directory}: not a teacher cache (no {MANIFEST_NAME}); make one with `tc encode`")
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CacheError(f"{path}: unreadable manifest ({exc})") from None
-        try:
-            return cls.from_dict(data)
-        except TypeError as exc:
-            raise CacheError(f"{path}: malformed manifest ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CacheError(f"{path}: unreadable manifest ({first[:200]})") from None
+        if not isinstance(data, dict):
+            raise CacheError(f"{path}: malformed manifest (JSON {a_type(data)}, not an object)")
+        manifest = cls.from_dict(data, str(path))
+        # before anything is read, written or removed: every name must lead to a file inside this folder
+        for entry, rel in manifest.cache_names():
+            inside(directory, rel, f"{path}: {entry}")
+        return manifest
+
+
+# JSON types of each field (a manifest is data from disk: anything else is refused in one line). `int` means a
+# JSON integer in [0, 2**63): a bool, a float or a number numpy cannot hold is refused too.
+INT, NAME = "int", "name"
+MANIFEST_TYPES = {
+    "teacher": str, "teacher_hash": str, "pooling": [str], "max_length": INT, "dim": INT, "dtype": str,
+    "normalize": bool, "format": str, "shard_size": INT, "corpus_fingerprint": str, "corpus_files": [str],
+    "precision": str, "text_column": (str, None), "columns": {str: str}, "shards": [dict], "complete": bool,
+    "rows": INT, "skipped_rows": INT, "tokenizer_dir": (NAME, None), "token_embeddings_file": (NAME, None),
+    "kind": str, "files": {str: dict}, "format_version": INT, "created": str, "updated": str, "extra": dict}
+REQUIRED = ("teacher", "teacher_hash", "pooling", "max_length", "dim", "dtype", "normalize", "format", "shard_size",
+            "corpus_fingerprint", "corpus_files")
+SHARD_TYPES = {"file": NAME, "rows": INT, "id_start": INT, "id_end": "id_end", "sha256": str, "n_tokens": INT,
+               "bytes": INT}
+FILE_TYPES = {"sha256": str, "bytes": (INT, None)}
+INT_LIMIT = 2 ** 63
+
+
+def type_problem(value: object, kind: object) -> str | None:
+    """Why `value` is not of the JSON type `kind` (see MANIFEST_TYPES), or None."""
+    if isinstance(kind, tuple):
+        problems = [type_problem(value, k) for k in kind]
+        return None if None in problems else problems[0]
+    if kind is None:
+        return None if value is None else "not null"
+    if kind in (INT, "id_end"):
+        low = -1 if kind == "id_end" else 0  # an empty shard's last id is the one before its first
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{a_type(value)}, not an integer"
+        return None if low <= value < INT_LIMIT else f"out of range ({low}..2**63-1)"
+    if kind == NAME:
+        return name_problem(value)
+    if isinstance(kind, list):
+        if not isinstance(value, list):
+            return f"{a_type(value)}, not a list"
+        return next((f"item {i}: {p}" for i, v in enumerate(value) if (p := type_problem(v, kind[0]))), None)
+    if isinstance(kind, dict):
+        (key_kind, value_kind), = kind.items()
+        if not isinstance(value, dict):
+            return f"{a_type(value)}, not an object"
+        return next((f"{shown(k, 40)}: {p}" for k, v in value.items()
+                     if (p := type_problem(k, key_kind) or type_problem(v, value_kind))), None)
+    return None if isinstance(value, kind) else f"{a_type(value)}, not a {kind.__name__}"
+
+
+def check_fields(data: object, types: dict, where: str, required: tuple[str, ...] = ()) -> None:
+    """Raise a one-line CacheError naming `where` and the first field of `data` that is missing or of a wrong type."""
+    if not isinstance(data, dict):
+        raise CacheError(f"{where}: {a_type(data)}, not an object")
+    for key in required:
+        if key not in data:
+            raise CacheError(f"{where}: no {key!r}")
+    for key, kind in types.items():
+        if key in data:
+            problem = type_problem(data[key], kind)
+            if problem:  # a list or an object is named by the entry inside it that is wrong, not shown whole
+                value = data[key]
+                named = f"{key}" if isinstance(value, dict | list) else f"{key} = {shown(value)}"
+                raise CacheError(f"{where}: {named}: {problem}")
 
 
 def embedding_column(pooling: str, index: int) -> str:

@@ -1,4 +1,5 @@
-"""What a run says on stderr: `log` for one status line, `Progress` for a done/total, rate and ETA line."""
+"""What a run says on stderr: `log` for one status line, `warn` for a warning about the data or the settings (never
+silenced: --quiet hides progress, not rows cut or skipped), `Progress` for a done/total, rate and ETA line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ def log(message: str, quiet: bool = False) -> None:
     """One status line on stderr (flushed at once), unless quiet: how every command reports what it does."""
     if not quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """'warning: MESSAGE' on stderr, even under --quiet: rows cut, skipped or repaired change what is cached."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def format_seconds(seconds: float) -> str:

@@ -20,9 +20,12 @@ shards in flight) and gets Ray's fault tolerance: a killed actor is restarted an
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +35,7 @@ from teacher_cache.encode_config import EncodeConfig, RayOptions
 from teacher_cache.errors import CacheError
 from teacher_cache.manifest import CacheManifest
 from teacher_cache.progress import Progress, log
+from teacher_cache.signals import sigterm_as_interrupt, take_sigterm
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 MAX_RESTARTS = 3  # per actor; its queued shards are retried on the restarted actor
@@ -147,21 +151,54 @@ def ray_error(ray, exc: Exception) -> CacheError:
 
 
 def encode_corpus_ray(cfg: EncodeConfig, options: RayOptions) -> CacheManifest:
-    """Encode the corpus on a pool of Ray actors into the same cache `encode_corpus` writes, resuming likewise."""
+    """Encode the corpus on a pool of Ray actors into the same cache `encode_corpus` writes, resuming likewise.
+
+    SIGTERM is handled as Ctrl-C: Ray is shut down, complete shards are kept, and the CLI exits 143 with one line.
+    When this call starts a local Ray instance, a watchdog (teacher_cache/ray_watchdog.py) stops its processes
+    should this process be killed outright (SIGKILL), which Ray alone does not fully do."""
     ray = import_ray()
     device = check_options(cfg, options)
     run = start_encode(cfg, device="cpu")  # the driver's teacher only names, hashes and exports the tokenizer
     with run:  # the driver holds the folder lock until the end
         if run.already_complete:
             return run.manifest
-        started_ray = connect(ray, options, cfg.quiet)
-        try:
-            return drive(ray, run, options, device)
-        except ray.exceptions.RayError as exc:
-            raise ray_error(ray, exc) from None
-        finally:
-            if started_ray:
-                ray.shutdown()
+        with sigterm_as_interrupt():
+            owned = not ray.is_initialized()  # this call starts (or joins) Ray, and so shuts it down
+            watchdog = start_watchdog() if owned else None  # before ray.init: covers its start-up too
+            try:
+                connect(ray, options, cfg.quiet)
+                take_sigterm()  # ray.init installs its own handlers (a stack dump and exit on SIGTERM)
+                return drive(ray, run, options, device)
+            except ray.exceptions.RayError as exc:
+                raise ray_error(ray, exc) from None
+            finally:
+                if owned and ray.is_initialized():
+                    ray.shutdown()
+                stop_watchdog(watchdog)
+
+
+def start_watchdog() -> subprocess.Popen | None:
+    """Start teacher_cache/ray_watchdog.py for this process (Linux), or None where it cannot run."""
+    if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
+        return None
+    script = Path(__file__).with_name("ray_watchdog.py")
+    try:
+        # -I: stdlib only, no PYTHONPATH or site hooks; own session: a Ctrl-C to the terminal's group spares it
+        return subprocess.Popen([sys.executable, "-I", str(script), str(os.getpid())], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        return None
+
+
+def stop_watchdog(watchdog: subprocess.Popen | None) -> None:
+    """Tell the watchdog Ray is shut down (close its pipe): it stops any Ray process still running, then exits."""
+    if watchdog is None:
+        return
+    try:
+        watchdog.stdin.close()
+        watchdog.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # it still exits on its own once this process is gone
 
 
 def start_workers(ray, run: EncodeRun, options: RayOptions, device: str) -> list:

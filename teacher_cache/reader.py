@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 
 from teacher_cache.errors import CacheError, CacheIntegrityError
+from teacher_cache.lock import holder
 from teacher_cache.manifest import CacheManifest
-from teacher_cache.shards import read_shard, sha256_file, vectors_of
+from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
 
 
 @dataclass
@@ -27,21 +28,28 @@ class CacheBatch:
 class TeacherCache:
     """An opened cache folder; reads shards lazily (Arrow shards are memory-mapped, never loaded whole)."""
 
-    def __init__(self, directory: str | Path, allow_partial: bool = False):
-        """Open `directory`; refuse an unfinished cache unless `allow_partial`."""
+    def __init__(self, directory: str | Path, allow_partial: bool = False, allow_writer: bool = False):
+        """Open `directory`; refused while a writer holds it, unfinished, or when shard 0's widths are not its dim."""
         self.directory = Path(directory)
         self.manifest = CacheManifest.load(self.directory)
+        writer = None if allow_writer else holder(self.directory)
+        if writer and not self.manifest.complete:
+            raise CacheError(f"{self.directory}: the cache is still being written (by {writer}); wait for it "
+                             "to finish")
+        if writer:  # a resume, grow or --force rewrite: a reader now would mix old and new shards
+            raise CacheError(f"{self.directory}: the cache is being written again (by {writer}); wait for it to "
+                             "finish: reading it meanwhile would mix old and new shards")
         if not self.manifest.complete and not allow_partial:
-            from teacher_cache.lock import holder
-
-            writer = holder(self.directory)
-            if writer:
-                raise CacheError(f"{self.directory}: the cache is still being written (by {writer}); wait for it "
-                                 "to finish")
             raise CacheError(f"{self.directory}: the cache is incomplete (being written, or an encode was "
                              "interrupted); rerun the same `tc encode` command to finish it")
         if not self.manifest.shards:
             raise CacheError(f"{self.directory}: the cache holds no shard")
+        try:  # one shard's schema, cheap at any cache size; `verify` checks every shard
+            problem = self.width_problem(0)
+        except Exception:  # a missing or unreadable shard is named when it is read, and by `verify`
+            problem = None
+        if problem:
+            raise CacheIntegrityError(problem)
 
     def __len__(self) -> int:
         """Number of rows in the cache."""
@@ -106,10 +114,21 @@ class TeacherCache:
         raise CacheError(f"{self.directory}: no vector column {column!r}; it holds "
                          f"{', '.join(f'{c} ({self.manifest.columns.get(c, c)})' for c in columns)}")
 
+    def width_problem(self, index: int) -> str | None:
+        """How shard `index`'s vector columns disagree with the manifest's dim (read from its schema), or None."""
+        path, dim = self.shard_paths[index], self.manifest.dim
+        widths = column_widths(path)
+        for column in dict.fromkeys([*self.manifest.columns, *self.manifest.embedding_columns]):
+            if column not in widths:
+                return f"{path}: no vector column {column!r}, which the manifest lists"
+            if widths[column] != dim:
+                return f"{path}: column {column!r} holds vectors of width {widths[column]}, the manifest says dim {dim}"
+        return None
+
     def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
         """One shard as an Arrow table (memory-mapped for Arrow shards)."""
         path = self.shard_paths[index]
-        if not path.exists():
+        if not path.is_file():
             raise CacheError(f"{path}: shard missing")
         try:
             return read_shard(path, columns)
@@ -176,12 +195,12 @@ class TeacherCache:
 
         problems: list[str] = []
         expected_start = 0
-        for info in self.manifest.shards:
+        for index, info in enumerate(self.manifest.shards):
             path = self.directory / info.file
             if info.id_start != expected_start:
                 problems.append(f"{path}: ids start at {info.id_start}, expected {expected_start}")
             expected_start = info.id_end + 1
-            if not path.exists():
+            if not path.is_file():  # a folder named as a shard is no shard either
                 problems.append(f"{path}: missing")
                 continue
             if info.bytes and path.stat().st_size != info.bytes:
@@ -193,9 +212,12 @@ class TeacherCache:
                 continue
             try:
                 ids = read_shard(path, ["id"]).column("id").to_numpy()
+                width = self.width_problem(index)
             except Exception as exc:  # a readable checksum but unparsable file means a writer bug
                 problems.append(f"{path}: unreadable ({exc})")
                 continue
+            if width:
+                problems.append(width)
             if len(ids) != info.rows:
                 problems.append(f"{path}: {len(ids)} rows, manifest says {info.rows}")
             elif len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end
@@ -226,6 +248,24 @@ class TeacherCache:
         return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
 
 
-def open_cache(directory: str | Path, allow_partial: bool = False) -> TeacherCache:
-    """Open a teacher cache folder written by `tc encode`."""
-    return TeacherCache(directory, allow_partial=allow_partial)
+def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer: bool = False) -> TeacherCache:
+    """Open a teacher cache folder written by `tc encode` (refused while a writer holds it, unless `allow_writer`)."""
+    return TeacherCache(directory, allow_partial=allow_partial, allow_writer=allow_writer)
+
+
+def cache_change(directory: str | Path, fingerprint: str) -> str | None:
+    """Why the cache at `directory` is no longer the one whose content_fingerprint() was `fingerprint`, or None.
+
+    A long reader (training) calls this between epochs: a writer holding the cache now, or one that has been and
+    gone, means the shards read so far may come from two caches.
+    """
+    writer = holder(directory)
+    if writer:
+        return f"{directory}: a writer took the cache ({writer})"
+    try:
+        now = CacheManifest.load(directory)
+    except CacheError as exc:
+        return f"{exc} (the cache changed)"
+    if now.content_fingerprint() != fingerprint:
+        return f"{directory}: the cache was rewritten (its manifest lists other shards or files than at the start)"
+    return None

@@ -127,6 +127,18 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     return read_hdf5_shard(path, columns) if path.suffix == ".h5" else read_arrow_shard(path, columns)
 
 
+def column_widths(path: Path) -> dict[str, int]:
+    """Width of each vector column of a shard, from its schema alone (Arrow footer, HDF5 dataset shapes)."""
+    if path.suffix == ".h5":
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            return {name: int(h5[name].shape[1]) for name in h5 if len(h5[name].shape) == 2}
+    with pa.memory_map(str(path), "r") as source:  # the footer only: no record batch is read
+        schema = pa.ipc.open_file(source).schema
+    return {f.name: f.type.list_size for f in schema if pa.types.is_fixed_size_list(f.type)}
+
+
 def vectors_of(table: pa.Table, column: str = "embedding") -> np.ndarray:
     """(rows, dim) numpy view of a FixedSizeList column, zero-copy where Arrow allows."""
     col = table.column(column).combine_chunks()

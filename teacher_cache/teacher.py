@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from teacher_cache.errors import CacheError
+from teacher_cache.safe_paths import remove_tree
 
 POOLINGS = ("mean", "cls", "pooler")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -103,8 +104,13 @@ class Teacher:
         return digest.hexdigest()[:32]
 
     def save_tokenizer(self, folder: Path) -> None:
-        """Write the tokenizer files (tokenizer.json, vocab, config) so students share the vocabulary."""
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write the tokenizer files (tokenizer.json, vocab, config) so students share the vocabulary.
+
+        The folder is written whole into a fresh one: what was there (a partial tokenizer, or a link planted to make
+        save_pretrained write elsewhere) is removed first, a link as a link, never followed.
+        """
+        remove_tree(folder)
+        folder.mkdir(parents=True)
         self.tokenizer.save_pretrained(str(folder))
 
     def token_embedding_matrix(self) -> np.ndarray:

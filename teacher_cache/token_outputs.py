@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teacher_cache.atomic import atomic_path
+from teacher_cache.atomic import atomic_path, fresh_file
 from teacher_cache.progress import log
 from teacher_cache.teacher import Teacher
 
@@ -93,6 +93,7 @@ def keep_shared_copy(teacher_hash: str, matrix: np.ndarray) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two encodes may race here
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fresh_file(tmp)  # a predictable name: a link planted there is replaced, never written through
         save_file({TOKEN_OUTPUTS_KEY: matrix}, str(tmp))
         os.replace(tmp, path)
     except Exception as exc:  # a read-only home or a full disk must not fail the encode

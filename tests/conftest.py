@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT teacher (real tokenizer files), a small real corpus, a tiny cache."""
+"""Shared fixtures: a tiny random BERT teacher (real tokenizer files), a small real corpus, a tiny cache, a tiny GLUE
+folder."""
 
 from __future__ import annotations
 
@@ -97,3 +98,21 @@ def student_dir(tmp_path_factory, teacher_dir) -> Path:
     cfg = StudentConfig(arch="bilstm", vocab_size=30522, emb_dim=16, hidden=16, out_dim=32, max_length=64)
     Student(cfg, read_tokenizer_files(teacher_dir)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_glue_dir(tmp_path_factory) -> Path:
+    """A tiny GLUE folder (a few dozen rows per split) in GLUE's own layouts, written by tests/glue_fixtures.py."""
+    from tests.glue_fixtures import write_glue_fixture
+
+    return write_glue_fixture(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tiny_glue_dir) -> Path:
+    """The GLUE folder the fine-tuning tests pass as --data-dir: the tiny one, on any clone; the real
+    ../shared/data/glue instead when TC_TEST_REAL_GLUE=1 and it is there (slower)."""
+    from tests.glue_fixtures import real_glue_dir
+
+    real = real_glue_dir()
+    return real if os.environ.get("TC_TEST_REAL_GLUE") == "1" and real is not None else tiny_glue_dir

@@ -16,30 +16,31 @@ from finetune.augment import MASK, AugmentConfig, augment_examples
 from finetune.fit import task_loss
 from finetune.task_data import load_split
 from finetune.task_model import load_task_model
-from finetune.tasks import DEFAULT_DATA_DIR, TASKS
+from finetune.tasks import GLUE_DIR_ENV, TASKS
 from student import Student
 from teacher_cache import open_cache
 from teacher_cache.lock import LOCK_NAME, FolderLock
 from tests.helpers import error_lines, run_cli
 
-pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
 SMALL = ["--max-train-rows", "120", "--max-eval-rows", "60", "--epochs", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def ft_teacher(tmp_path_factory, teacher_dir) -> Path:
+def ft_teacher(tmp_path_factory, teacher_dir, glue_dir) -> Path:
     """The tiny random BERT fine-tuned on 120 SST-2 rows."""
     out = tmp_path_factory.mktemp("ft_teacher") / "t"
-    code = _cli("finetune", "--model", teacher_dir, "--task", "sst2", "--out", out, "--lr", "1e-3", *SMALL)
+    code = _cli("finetune", "--model", teacher_dir, "--task", "sst2", "--out", out, "--lr", "1e-3", "--data-dir",
+                glue_dir, *SMALL)
     assert code == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def sst2_logits(tmp_path_factory, ft_teacher) -> Path:
+def sst2_logits(tmp_path_factory, ft_teacher, glue_dir) -> Path:
     """Its logits over the first 150 SST-2 training rows."""
     out = tmp_path_factory.mktemp("logits") / "lc"
-    assert _cli("cache-logits", "--model", ft_teacher, "--out", out, "--max-rows", "150", "--quiet") == 0
+    assert _cli("cache-logits", "--model", ft_teacher, "--out", out, "--max-rows", "150", "--data-dir", glue_dir,
+                "--quiet") == 0
     return out
 
 
@@ -63,10 +64,10 @@ def test_help_has_examples(capsys):
     assert run_cli(capsys, "predict", "--help")[1].count("Example: tc predict") == 1
 
 
-def test_student_finetune_predict_round_trip(student_dir, tmp_path, capsys):
+def test_student_finetune_predict_round_trip(student_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     code, stdout, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out,
-                                *SMALL[:-3], "--epochs", "2", "--quiet")
+                                "--data-dir", glue_dir, *SMALL[:-3], "--epochs", "2", "--quiet")
     assert code == 0, err
     assert "dev accuracy" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -75,28 +76,29 @@ def test_student_finetune_predict_round_trip(student_dir, tmp_path, capsys):
     model, spec = load_task_model(out)
     assert spec.name == "sst2"
     dev = tmp_path / "dev60.tsv"  # the 60 dev rows the run scored: predict must agree with metrics.json
-    dev.write_text("".join((DEFAULT_DATA_DIR / "SST-2" / "dev.tsv").read_text().splitlines(True)[:61]))
+    dev.write_text("".join((glue_dir / "SST-2" / "dev.tsv").read_text().splitlines(True)[:61]))
     code, _, err = run_cli(capsys, "predict", "--model", out, "--input", dev, "--out", tmp_path / "p.tsv")
     assert code == 0, err
     assert f"accuracy {metrics['final']['dev']['accuracy']:.4f}" in err
     lines = (tmp_path / "p.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 61
     assert {ln.split("\t")[1] for ln in lines[1:]} <= {"0", "1"}
-    code, stdout, _ = run_cli(capsys, "predict", "--model", out, "--input", DEFAULT_DATA_DIR / "SST-2" / "test.tsv")
-    assert code == 0 and len(stdout.splitlines()) == 1822
+    test = glue_dir / "SST-2" / "test.tsv"  # header `index sentence`: a header line and one line per row back
+    code, stdout, _ = run_cli(capsys, "predict", "--model", out, "--input", test)
+    assert code == 0 and len(stdout.splitlines()) == len(test.read_text().splitlines())
     assert not (out / LOCK_NAME).exists()  # released with the run
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with FolderLock(out, "tc finetune"):  # another fine-tuning run writing there now: refused, nothing touched
         code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out,
-                               *SMALL[:-3], "--force", "--quiet")
+                               "--data-dir", glue_dir, *SMALL[:-3], "--force", "--quiet")
     assert code != 0 and len(error_lines(err)) == 1 and f"--out {out}: in use by pid {os.getpid()}" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_pair_task_with_frozen_encoder(student_dir, tmp_path, capsys):
+def test_pair_task_with_frozen_encoder(student_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "mrpc", "--out", out,
-                           "--freeze-encoder", *SMALL)
+                           "--data-dir", glue_dir, "--freeze-encoder", *SMALL)
     assert code == 0, err
     before, after = load_file(str(student_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -143,41 +145,43 @@ def test_augmented_variants_are_masked_or_cut_and_reproducible():
     assert len(pairs) == 6
 
 
-def test_augmented_logits_feed_kd(student_dir, ft_teacher, tmp_path, capsys):
+def test_augmented_logits_feed_kd(student_dir, ft_teacher, glue_dir, tmp_path, capsys):
     cache = tmp_path / "aug"
     code, _, err = run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", cache, "--max-rows", "60",
-                           "--augment", "2", "--quiet")
+                           "--augment", "2", "--data-dir", glue_dir, "--quiet")
     assert code == 0, err
     c = open_cache(cache)
     assert len(c) == 180 and c.manifest.extra["train_rows"] == 60 and c.manifest.extra["augment"]["copies"] == 2
-    train = load_split(TASKS["sst2"], "train", DEFAULT_DATA_DIR, 60)
+    train = load_split(TASKS["sst2"], "train", glue_dir, 60)
     assert c.texts(np.arange(60)) == train.texts
     code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", tmp_path / "ft",
-                           "--max-train-rows", "40", "--max-eval-rows", "30", "--epochs", "1", "--quiet",
-                           "--kd-cache", cache)
+                           "--data-dir", glue_dir, "--max-train-rows", "40", "--max-eval-rows", "30", "--epochs", "1",
+                           "--quiet", "--kd-cache", cache)
     assert code == 0, err
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["train_rows"] == 40 and metrics["transfer_rows"] == 80  # only the variants of rows used
 
 
-def test_logits_cache_layout_and_resume(sst2_logits, ft_teacher, capsys):
+def test_logits_cache_layout_and_resume(sst2_logits, ft_teacher, glue_dir, capsys):
     cache = open_cache(sst2_logits)
     assert cache.manifest.kind == "logits" and cache.manifest.extra["task"] == "sst2" and len(cache) == 150
-    train = load_split(TASKS["sst2"], "train", DEFAULT_DATA_DIR, 150)
+    train = load_split(TASKS["sst2"], "train", glue_dir, 150)
     assert cache.texts() == train.texts and cache.vectors("logits").shape == (150, 2)
     assert run_cli(capsys, "verify", sst2_logits)[0] == 0
-    code, _, err = run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", sst2_logits, "--max-rows", "150")
+    code, _, err = run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", sst2_logits, "--max-rows", "150",
+                           "--data-dir", glue_dir)
     assert code == 0 and "already complete" in err
     one_line_error(capsys, "cache-logits", "--model", ft_teacher, "--out", sst2_logits, "--max-rows", "140",
-                   needle="other settings")
+                   "--data-dir", glue_dir, needle="other settings")
     one_line_error(capsys, "cache-logits", "--model", ft_teacher, "--task", "cola", "--out", "x",
                    needle="fine-tuned on sst2")
-    code, stdout, _ = run_cli(capsys, "predict", "--model", ft_teacher, "--input",
-                              DEFAULT_DATA_DIR / "SST-2" / "dev.tsv")
-    assert code == 0 and len(stdout.splitlines()) == 873
+    dev = glue_dir / "SST-2" / "dev.tsv"
+    code, stdout, _ = run_cli(capsys, "predict", "--model", ft_teacher, "--input", dev)
+    assert code == 0 and len(stdout.splitlines()) == len(dev.read_text().splitlines())
 
 
-def test_encode_logits_is_cache_logits(sst2_logits, ft_teacher, tmp_path, capsys):
+def test_encode_logits_is_cache_logits(sst2_logits, ft_teacher, glue_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(GLUE_DIR_ENV, str(glue_dir))  # tc encode has no --data-dir: the task's rows come from there
     code, _, err = run_cli(capsys, "encode", "--teacher", ft_teacher, "--logits", "--out", tmp_path / "a",
                            "--max-rows", "150", "--quiet")
     assert code == 0, err
@@ -186,66 +190,71 @@ def test_encode_logits_is_cache_logits(sst2_logits, ft_teacher, tmp_path, capsys
     assert np.array_equal(ours.vectors("logits"), theirs.vectors("logits"))
     # --corpus: a file in the task's layout (here the first 20 dev rows) instead of its training rows
     dev = tmp_path / "dev.tsv"
-    dev.write_text("".join((DEFAULT_DATA_DIR / "SST-2" / "dev.tsv").read_text().splitlines(True)[:21]))
+    dev.write_text("".join((glue_dir / "SST-2" / "dev.tsv").read_text().splitlines(True)[:21]))
     code, _, err = run_cli(capsys, "encode", "--teacher", ft_teacher, "--logits", "--corpus", dev,
                            "--out", tmp_path / "b", "--quiet")
     assert code == 0, err
-    assert open_cache(tmp_path / "b").texts() == load_split(TASKS["sst2"], "dev", DEFAULT_DATA_DIR, 20).texts
+    assert open_cache(tmp_path / "b").texts() == load_split(TASKS["sst2"], "dev", glue_dir, 20).texts
     one_line_error(capsys, "encode", "--logits", "--out", tmp_path / "c", needle="--logits: pass --teacher")
 
 
-def test_kd_run_changes_the_student(student_dir, sst2_logits, tmp_path, capsys):
+def test_kd_run_changes_the_student(student_dir, sst2_logits, glue_dir, tmp_path, capsys):
     runs = {}
     for name, extra in (("plain", []), ("kd", ["--kd-cache", sst2_logits, "--kd-alpha", "0.9"])):
         code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", tmp_path / name,
-                               *SMALL, *extra)
+                               "--data-dir", glue_dir, *SMALL, *extra)
         assert code == 0, err
         runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert runs["kd"]["kd"]["alpha"] == 0.9
     assert runs["kd"]["history"][0]["train_loss"] != runs["plain"]["history"][0]["train_loss"]
-    dev = load_split(TASKS["sst2"], "dev", DEFAULT_DATA_DIR, 60)
+    dev = load_split(TASKS["sst2"], "dev", glue_dir, 60)
     plain, kd = (load_task_model(tmp_path / n)[0].predict(dev) for n in ("plain", "kd"))
     assert not np.allclose(plain, kd, atol=1e-4)
 
 
-def glue_copy(root: Path, folder: str, rows: int, edit=None) -> Path:
-    """A GLUE folder holding the first `rows` train/dev rows of one task, the train lines passed through `edit`."""
+def glue_copy(source: Path, root: Path, folder: str, rows: int, edit=None) -> Path:
+    """A GLUE folder holding the first `rows` train/dev rows of one task in `source`, the train lines through `edit`."""
     (root / folder).mkdir(parents=True)
     for split in ("train", "dev"):
-        lines = (DEFAULT_DATA_DIR / folder / f"{split}.tsv").read_text().splitlines(True)[:rows + 1]
+        lines = (source / folder / f"{split}.tsv").read_text().splitlines(True)[:rows + 1]
         (root / folder / f"{split}.tsv").write_text("".join(edit(lines) if edit and split == "train" else lines))
     return root
 
 
-def test_bad_input_is_one_line(student_dir, sst2_logits, tiny_cache, tmp_path, capsys):
+def test_bad_input_is_one_line(student_dir, sst2_logits, tiny_cache, glue_dir, tmp_path, capsys, monkeypatch):
     base = ["finetune", "--model", student_dir, "--out", tmp_path / "o", "--quiet"]
+    glue = ["--data-dir", glue_dir]
     one_line_error(capsys, *base, "--task", "mnli", needle="--task mnli: unknown task")
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
+    one_line_error(capsys, *base, "--task", "sst2", needle="--data-dir: required (or set TC_GLUE_DIR)")
     (tmp_path / "empty_dir").mkdir()
     one_line_error(capsys, *base, "--task", "sst2", "--data-dir", tmp_path / "empty_dir", needle="no SST-2/train.tsv")
-    bad = glue_copy(tmp_path / "bad", "SST-2", 20, lambda ls: ls[:3] + ["a fine film\t2\n"] + ls[3:])
+    bad = glue_copy(glue_dir, tmp_path / "bad", "SST-2", 20, lambda ls: ls[:3] + ["a fine film\t2\n"] + ls[3:])
     one_line_error(capsys, *base, "--task", "sst2", "--data-dir", bad,
                    needle="train.tsv:4: label '2' is not one of the task's labels (0, 1)")
-    blank = glue_copy(tmp_path / "blank", "SST-2", 20, lambda ls: ls[:1])
+    blank = glue_copy(glue_dir, tmp_path / "blank", "SST-2", 20, lambda ls: ls[:1])
     one_line_error(capsys, *base, "--task", "sst2", "--data-dir", blank, needle="no rows (empty file)")
     (tmp_path / "zero.tsv").write_text("")
     one_line_error(capsys, *base, "--task", tmp_path / "zero.tsv", "--text-columns", "text", needle="empty file")
     for not_student, needle in ((tmp_path / "empty_dir", "not a student folder"),
                                 (tiny_cache, "a teacher cache, not a model"), (tmp_path / "nope/", "no such folder")):
-        one_line_error(capsys, "finetune", "--model", not_student, "--task", "sst2", "--out", tmp_path / "o",
+        one_line_error(capsys, "finetune", "--model", not_student, "--task", "sst2", "--out", tmp_path / "o", *glue,
                        needle=needle)
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text(json.dumps({"arch": "bilstm"}))
-    one_line_error(capsys, "finetune", "--model", tmp_path / "half", "--task", "sst2", "--out", tmp_path / "o",
+    one_line_error(capsys, "finetune", "--model", tmp_path / "half", "--task", "sst2", "--out", tmp_path / "o", *glue,
                    needle="no model.safetensors")
     kd = [*base, "--kd-cache"]
-    one_line_error(capsys, *kd, sst2_logits, "--task", "cola", needle="holds logits for task sst2, not cola")
-    one_line_error(capsys, *kd, sst2_logits, "--task", "sst2", "--max-train-rows", "200", needle="holds 150 rows")
-    one_line_error(capsys, *kd, tiny_cache, "--task", "sst2", "--max-train-rows", "20", needle="not teacher logits")
-    edited = glue_copy(tmp_path / "edited", "SST-2", 100, lambda ls: ls[:6] + ["an edited row\t1\n"] + ls[7:])
+    one_line_error(capsys, *kd, sst2_logits, "--task", "cola", *glue, needle="holds logits for task sst2, not cola")
+    one_line_error(capsys, *kd, sst2_logits, "--task", "sst2", "--max-train-rows", "200", *glue,
+                   needle="holds 150 rows")
+    one_line_error(capsys, *kd, tiny_cache, "--task", "sst2", "--max-train-rows", "20", *glue,
+                   needle="not teacher logits")
+    edited = glue_copy(glue_dir, tmp_path / "edited", "SST-2", 100, lambda ls: ls[:6] + ["an edited row\t1\n"] + ls[7:])
     one_line_error(capsys, *kd, sst2_logits, "--task", "sst2", "--data-dir", edited, needle="row 5 is")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
-    one_line_error(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", tmp_path / "full",
+    one_line_error(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", tmp_path / "full", *glue,
                    needle="not empty")
     one_line_error(capsys, "predict", "--model", student_dir, "--input", "x.tsv", needle="not a fine-tuned model")
     assert not (tmp_path / "o").exists()

@@ -13,12 +13,9 @@ from safetensors.torch import load_file
 from finetune.config import FinetuneConfig
 from finetune.fit import cosent_loss, task_loss
 from finetune.prepare import prepare, selection_rows
-from finetune.tasks import DEFAULT_DATA_DIR
 from student import Student
 from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli
-
-pytestmark = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
 
 
 def brute_force_cosent(scores: list[float], gold: list[float], scale: float = 20.0) -> float:
@@ -55,10 +52,11 @@ def test_cosine_head_loss_scales_scores_and_keeps_kd_per_example():
     assert torch.allclose(loss, kd + 0.75 * cosent_loss(out[labelled, 0] / 5, gold[labelled] / 5))
 
 
-def test_similarity_finetune_keeps_a_sentence_encoder(student_dir, tmp_path, capsys):
+def test_similarity_finetune_keeps_a_sentence_encoder(student_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     code, stdout, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", out,
-                                "--max-train-rows", "200", "--max-eval-rows", "40", "--epochs", "1", "--quiet")
+                                "--data-dir", glue_dir, "--max-train-rows", "200", "--max-eval-rows", "40", "--epochs",
+                                "1", "--quiet")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["head"] == "cosine" and metrics["loss"] == "cosent"
@@ -79,35 +77,36 @@ def test_similarity_finetune_keeps_a_sentence_encoder(student_dir, tmp_path, cap
     assert not np.allclose(before.encode(["The cat sleeps."]), encoder.encode(["The cat sleeps."]), atol=1e-5)
     # the zero-shot row is the untouched student's cosine
     dev = tmp_path / "dev.tsv"
-    dev.write_text("".join((DEFAULT_DATA_DIR / "STS-B" / "dev.tsv").read_text().splitlines(True)[:41]))
+    dev.write_text("".join((glue_dir / "STS-B" / "dev.tsv").read_text().splitlines(True)[:41]))
     ft_before = tmp_path / "ft0"
     assert run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", ft_before, "--epochs", "1",
-                   "--max-train-rows", "200", "--max-eval-rows", "40", "--lr", "1e-12", "--quiet")[0] == 0
+                   "--data-dir", glue_dir, "--max-train-rows", "200", "--max-eval-rows", "40", "--lr", "1e-12",
+                   "--quiet")[0] == 0
     code, _, err = run_cli(capsys, "predict", "--model", ft_before, "--input", dev)
     assert code == 0 and f"pearson {zero_shot:.4f}" in err
 
 
-def test_select_keeps_the_best_epoch_and_saves_its_weights(student_dir, tmp_path, capsys):
+def test_select_keeps_the_best_epoch_and_saves_its_weights(student_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out, "--epochs", "3",
-                           "--max-train-rows", "200", "--max-eval-rows", "60", "--select", "dev", "--lr", "3e-3",
-                           "--quiet")
+                           "--data-dir", glue_dir, "--max-train-rows", "200", "--max-eval-rows", "60", "--select",
+                           "dev", "--lr", "3e-3", "--quiet")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     by_epoch = {h["epoch"]: h for h in metrics["history"]}
     best = max(by_epoch, key=lambda e: (by_epoch[e]["dev"]["accuracy"], -e))
     assert metrics["selected_epoch"] == best and metrics["final"]["dev"] == by_epoch[best]["dev"]
     dev = tmp_path / "dev60.tsv"  # the saved folder reproduces the selected epoch's dev score
-    dev.write_text("".join((DEFAULT_DATA_DIR / "SST-2" / "dev.tsv").read_text().splitlines(True)[:61]))
+    dev.write_text("".join((glue_dir / "SST-2" / "dev.tsv").read_text().splitlines(True)[:61]))
     code, _, err = run_cli(capsys, "predict", "--model", out, "--input", dev)
     assert code == 0 and f"accuracy {metrics['final']['dev']['accuracy']:.4f}" in err
 
 
-def test_interpolate_keeps_the_best_blend_of_start_and_fine_tuned_encoder(student_dir, tmp_path, capsys):
+def test_interpolate_keeps_the_best_blend_of_start_and_fine_tuned_encoder(student_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", out, "--epochs", "2",
-                           "--max-train-rows", "200", "--max-eval-rows", "60", "--select", "dev", "--lr", "3e-2",
-                           "--interpolate", "on", "--quiet")
+                           "--data-dir", glue_dir, "--max-train-rows", "200", "--max-eval-rows", "60", "--select",
+                           "dev", "--lr", "3e-2", "--interpolate", "on", "--quiet")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     blend = metrics["interpolation"]
@@ -119,21 +118,21 @@ def test_interpolate_keeps_the_best_blend_of_start_and_fine_tuned_encoder(studen
     assert scores[1.0] == pytest.approx(by_epoch[metrics["selected_epoch"]], abs=1e-6)  # a = 1: the kept epoch
     assert metrics["final"]["dev"]["pearson"] == pytest.approx(scores[blend["alpha"]], abs=1e-6)
     dev = tmp_path / "dev60.tsv"  # the saved folder is the chosen blend
-    dev.write_text("".join((DEFAULT_DATA_DIR / "STS-B" / "dev.tsv").read_text().splitlines(True)[:61]))
+    dev.write_text("".join((glue_dir / "STS-B" / "dev.tsv").read_text().splitlines(True)[:61]))
     code, _, err = run_cli(capsys, "predict", "--model", out, "--input", dev)
     assert code == 0 and f"pearson {metrics['final']['dev']['pearson']:.4f}" in err
 
 
-def test_holdout_rows_leave_training_with_their_logits_and_variants(tmp_path, capsys, teacher_dir):
+def test_holdout_rows_leave_training_with_their_logits_and_variants(tmp_path, capsys, teacher_dir, glue_dir):
     assert list(selection_rows(100, 2000)) == list(range(0, 100, 10))
     assert 1900 < len(selection_rows(67_349, 2000)) <= 2000 and selection_rows(67_349, 2000)[1] == 34
     ft_teacher, cache = tmp_path / "t", tmp_path / "lc"
-    assert run_cli(capsys, "finetune", "--model", teacher_dir, "--task", "sst2", "--out", ft_teacher,
-                   "--max-train-rows", "40", "--max-eval-rows", "10", "--epochs", "1", "--quiet")[0] == 0
+    assert run_cli(capsys, "finetune", "--model", teacher_dir, "--task", "sst2", "--out", ft_teacher, "--data-dir",
+                   glue_dir, "--max-train-rows", "40", "--max-eval-rows", "10", "--epochs", "1", "--quiet")[0] == 0
     assert run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", cache, "--max-rows", "40",
-                   "--augment", "2", "--quiet")[0] == 0
-    prep = prepare(FinetuneConfig(model="x", task="sst2", max_train_rows=40, max_eval_rows=10, kd_cache=str(cache),
-                                  select="holdout"))
+                   "--augment", "2", "--data-dir", glue_dir, "--quiet")[0] == 0
+    prep = prepare(FinetuneConfig(model="x", task="sst2", data_dir=str(glue_dir), max_train_rows=40, max_eval_rows=10,
+                                  kd_cache=str(cache), select="holdout"))
     logits = open_cache(cache)
     by_text = {}
     for i, text in enumerate(logits.texts()):
@@ -145,8 +144,9 @@ def test_holdout_rows_leave_training_with_their_logits_and_variants(tmp_path, ca
         assert np.allclose(by_text[text], target, atol=1e-4)  # each kept row and variant keeps its own teacher logits
 
 
-def test_bad_head_and_select_are_one_line(student_dir, tmp_path, capsys):
-    base = ["finetune", "--model", student_dir, "--out", tmp_path / "o", "--max-train-rows", "30", "--quiet"]
+def test_bad_head_and_select_are_one_line(student_dir, glue_dir, tmp_path, capsys):
+    base = ["finetune", "--model", student_dir, "--out", tmp_path / "o", "--data-dir", glue_dir, "--max-train-rows",
+            "30", "--quiet"]
     for args, needle in ((["--task", "sst2", "--head", "cosine"], "--head cosine: for sentence-pair tasks"),
                          (["--task", "stsb", "--freeze-encoder"], "--freeze-encoder: the cosine head"),
                          (["--task", "sst2", "--select", "best"], "--select best: choose one of"),
@@ -160,10 +160,11 @@ def test_bad_head_and_select_are_one_line(student_dir, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_encoder_lr_is_the_encoders_own(student_dir, tmp_path, capsys):
+def test_encoder_lr_is_the_encoders_own(student_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "sst2", "--out", out, "--epochs", "1",
-                           "--max-train-rows", "100", "--max-eval-rows", "20", "--encoder-lr", "1e-12", "--quiet")
+                           "--data-dir", glue_dir, "--max-train-rows", "100", "--max-eval-rows", "20", "--encoder-lr",
+                           "1e-12", "--quiet")
     assert code == 0, err
     before, after = Student.from_pretrained(student_dir), Student.from_pretrained(out)
     for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):

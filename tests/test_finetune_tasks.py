@@ -1,4 +1,5 @@
-"""Task registry: the real GLUE files parse as SOURCES.md counts them; own TSV/CSV/JSONL tasks; metrics; inputs."""
+"""Task registry: GLUE files parse with their counts (the tiny fixture's; the real folder's as SOURCES.md counts
+them, where ../shared is beside the checkout); own TSV/CSV/JSONL tasks; metrics; inputs; --data-dir / TC_GLUE_DIR."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import pytest
 
 from finetune.metrics import compute_metrics, decode
 from finetune.task_data import load_inputs, load_split
-from finetune.tasks import DEFAULT_DATA_DIR, TASKS, TaskSpec, resolve_data_dir, resolve_task
+from finetune.tasks import GLUE_DIR_ENV, TASKS, TaskSpec, resolve_data_dir, resolve_task
 from teacher_cache.errors import UserError
+from tests.glue_fixtures import FIXTURE_COUNTS, UNLABELLED_TEST_ROWS, real_glue_dir
 
-needs_glue = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="no ../shared/data/glue next to the repo")
+REAL = real_glue_dir()
+# The tiny fixture everywhere; the real GLUE folder too where a development checkout has ../shared beside it.
+SOURCES = ["fixture", *(["real"] if REAL is not None else [])]
 
 # Rows and label counts per split, as /work/shared/data/SOURCES.md gives them (label index order = spec.labels).
 EXPECTED = {
@@ -22,14 +26,31 @@ EXPECTED = {
     "cola": {"train": (8_551, [2_528, 6_023]), "dev": (1_043, [322, 721])},
     "stsb": {"train": (5_749, None), "dev": (1_500, None), "test": (1_379, None)},
 }
+COUNTS = {"fixture": FIXTURE_COUNTS, "real": EXPECTED}
+# Each folder's first rows and sizes where the files are odd: MRPC's BOM, CoLA's headerless dev without a final
+# newline, STS-B test's gold from the STS Benchmark csv (the fixture's are the bundled STS Benchmark's first rows).
+QUIRKS = {
+    "real": {"mrpc": ("Amrozi accused his brother", "Referring to him"),
+             "cola": ("The sailors rode the breeze clear of the rocks.", 1_043), "cola_test": 1_063},
+    "fixture": {"mrpc": ('"She was crying and scared', '"She was crying and she was really scared'),
+                "cola": ("Our neighbour did watched the river.", FIXTURE_COUNTS["cola"]["dev"][0]),
+                "cola_test": UNLABELLED_TEST_ROWS["CoLA"]},
+}
 
 
-@needs_glue
+@pytest.fixture
+def folder(request, tiny_glue_dir):
+    """The GLUE folder a test's `source` parameter names."""
+    return tiny_glue_dir if request.node.callspec.params["source"] == "fixture" else REAL
+
+
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_real_glue_files_parse_with_the_published_counts(name):
+@pytest.mark.parametrize("source", SOURCES)
+def test_glue_files_parse_with_their_counts(source, name, folder):
     spec = TASKS[name]
-    data_dir = resolve_data_dir(spec, None)
-    for split, (rows, counts) in EXPECTED[name].items():
+    data_dir = resolve_data_dir(spec, folder)
+    assert set(COUNTS[source][name]) == {"train", *spec.evals}
+    for split, (rows, counts) in COUNTS[source][name].items():
         data = load_split(spec, split, data_dir)
         assert len(data) == rows, (name, split)
         assert all(t.strip() for t in data.texts)
@@ -40,33 +61,50 @@ def test_real_glue_files_parse_with_the_published_counts(name):
             assert np.bincount(data.labels, minlength=len(counts)).tolist() == counts, (name, split)
 
 
-@needs_glue
-def test_quirks_of_the_real_files():
-    data_dir = resolve_data_dir(TASKS["mrpc"], None)
-    mrpc = load_split(TASKS["mrpc"], "train", data_dir, max_rows=1)  # BOM before `Quality`
-    assert mrpc.texts[0].startswith("Amrozi accused his brother") and mrpc.pairs[0].startswith("Referring to him")
-    cola = load_split(TASKS["cola"], "dev", data_dir)  # no header, no newline at the end
-    assert cola.texts[0] == "The sailors rode the breeze clear of the rocks."
-    assert cola.lines[-1] == 1043
-    stsb = load_split(TASKS["stsb"], "test", data_dir, max_rows=2)  # STS Benchmark csv: tab-separated
+@pytest.mark.parametrize("source", SOURCES)
+def test_quirks_of_the_files(source, folder):
+    quirks = QUIRKS[source]
+    assert (folder / "MRPC" / "train.tsv").read_bytes().startswith(b"\xef\xbb\xbfQuality\t")
+    mrpc = load_split(TASKS["mrpc"], "train", folder, max_rows=1)  # BOM before `Quality`
+    assert mrpc.texts[0].startswith(quirks["mrpc"][0]) and mrpc.pairs[0].startswith(quirks["mrpc"][1])
+    assert not (folder / "CoLA" / "dev.tsv").read_bytes().endswith(b"\n")
+    cola = load_split(TASKS["cola"], "dev", folder)  # no header, no newline at the end
+    assert cola.texts[0] == quirks["cola"][0]
+    assert cola.lines[-1] == quirks["cola"][1]
+    stsb = load_split(TASKS["stsb"], "test", folder, max_rows=2)  # STS Benchmark csv: tab-separated
     assert stsb.texts[0] == "A girl is styling her hair." and stsb.labels.tolist() == pytest.approx([2.5, 3.6])
-    sst = load_split(TASKS["sst2"], "train", data_dir, max_rows=5)
+    sst = load_split(TASKS["sst2"], "train", folder, max_rows=5)
     assert len(sst) == 5 and sst.lines[0] == 2
 
 
-@needs_glue
-def test_prediction_inputs_in_each_layout(tmp_path):
-    glue = DEFAULT_DATA_DIR
-    test = load_inputs(TASKS["cola"], glue / "CoLA" / "test.tsv")  # header `index sentence`, no labels
-    assert len(test) == 1063 and test.labels is None
-    dev = load_inputs(TASKS["cola"], glue / "CoLA" / "dev.tsv")  # CoLA's own headerless layout, labelled
-    assert len(dev) == 1043 and dev.labels is not None
-    assert load_inputs(TASKS["mrpc"], glue / "MRPC" / "test.tsv").labels is None
-    assert load_inputs(TASKS["stsb"], glue / "STS-B" / "test.tsv").pairs is not None
+@pytest.mark.parametrize("source", SOURCES)
+def test_prediction_inputs_in_each_layout(source, folder, tmp_path):
+    test = load_inputs(TASKS["cola"], folder / "CoLA" / "test.tsv")  # header `index sentence`, no labels
+    assert len(test) == QUIRKS[source]["cola_test"] and test.labels is None
+    dev = load_inputs(TASKS["cola"], folder / "CoLA" / "dev.tsv")  # CoLA's own headerless layout, labelled
+    assert len(dev) == QUIRKS[source]["cola"][1] and dev.labels is not None
+    assert load_inputs(TASKS["mrpc"], folder / "MRPC" / "test.tsv").labels is None
+    assert load_inputs(TASKS["stsb"], folder / "STS-B" / "test.tsv").pairs is not None
     plain = tmp_path / "pairs.txt"
     plain.write_text("A man sings.\tA man is singing.\nDogs run.\tCats sleep.\n")
     data = load_inputs(TASKS["rte"], plain)
     assert data.pairs == ["A man is singing.", "Cats sleep."] and data.labels is None
+
+
+def test_data_dir_is_the_flag_else_tc_glue_dir(tiny_glue_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
+    with pytest.raises(UserError, match=r"^--data-dir: required \(or set TC_GLUE_DIR\)$"):
+        resolve_data_dir(TASKS["sst2"], None)
+    monkeypatch.setenv(GLUE_DIR_ENV, str(tiny_glue_dir))
+    assert resolve_data_dir(TASKS["sst2"], None) == tiny_glue_dir
+    with pytest.raises(UserError, match="^--data-dir .*: no such folder"):  # the flag wins over the variable
+        resolve_data_dir(TASKS["sst2"], tmp_path / "nope")
+    monkeypatch.setenv(GLUE_DIR_ENV, str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="^TC_GLUE_DIR .*nope: no such folder"):
+        resolve_data_dir(TASKS["sst2"], None)
+    monkeypatch.setenv(GLUE_DIR_ENV, str(tmp_path))
+    with pytest.raises(UserError, match="^TC_GLUE_DIR .*: no SST-2/train.tsv for task sst2"):
+        resolve_data_dir(TASKS["sst2"], None)
 
 
 def test_own_tasks_in_tsv_csv_jsonl(tmp_path):

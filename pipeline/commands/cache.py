@@ -80,16 +80,24 @@ def encode_logits(settings: dict) -> None:
 
 
 def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
-    """Re-check every file against the manifest: shards (checksums, row counts, contiguous ids) and the others.
+    """Re-check every file against the manifest, and the corpus (when still there) against its fingerprint.
 
-    Exits 1 and names the bad shard when one fails.
+    Shards: checksums, row counts, contiguous ids, vector widths against the manifest's dim; the other files:
+    checksums. Exits 1 and names the bad shard when one fails, or the corpus when it changed since the encode.
 
     Example: tc verify out/
     """
+    from teacher_cache.fingerprint import corpus_still_matches
     from teacher_cache.reader import open_cache
 
     cache = open_cache(directory, allow_partial=True)
     problems = cache.verify()
+    corpus = None, ""
+    if cache.manifest.kind == "embeddings":  # a logits cache fingerprints its task rows, not corpus files
+        corpus = corpus_still_matches(cache.manifest.corpus_files, cache.manifest.text_column,
+                                      cache.manifest.corpus_fingerprint)
+        if corpus[0] is False:
+            problems.append(corpus[1])
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
     if problems:
@@ -98,6 +106,8 @@ def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> 
     files = len(cache.manifest.files)
     typer.echo(f"ok: {len(cache.manifest.shards)} shards, {len(cache):,} rows and {files} other file(s), checksums "
                f"match; {state}")
+    if corpus[1]:
+        typer.echo(corpus[1] if corpus[0] else f"note: {corpus[1]}", err=not corpus[0])
     if not files and cache.manifest.kind != "logits":
         typer.echo("note: this cache was written before other files were checksummed; its shards alone were "
                    "checked", err=True)
@@ -110,7 +120,7 @@ def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> No
     """
     from teacher_cache.reader import open_cache
 
-    cache = open_cache(directory, allow_partial=True)
+    cache = open_cache(directory, allow_partial=True, allow_writer=True)  # a cache being written shows its progress
     m = cache.manifest
     stats = cache.token_stats()
     lines = [

@@ -19,12 +19,14 @@ def export(
     dtype: Annotated[str, typer.Option(help="Stored weights: float32, float16 or int8 (model2vec: int8 rows "
                                             "with a scale per row; onnx: onnxruntime dynamic "
                                             "quantisation).")] = "float32",
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty (never the --model "
+                                             "folder, one inside it or one holding it).")] = False,
 ) -> None:
     """Export a student for where it is served: a model2vec folder or an ONNX graph, optionally quantised.
 
     The exported model is checked against the torch student on sample sentences before the folder is renamed
-    into place; nothing half written is left behind.
+    into place; nothing half written is left behind (Ctrl-C and SIGTERM included). --out is locked for the run,
+    an --out that overlaps --model is refused, and a killed export's temporary folder is removed by the next one.
 
     Example: tc export --model student_out/ --to onnx --out student_onnx/
 
@@ -36,6 +38,9 @@ def export(
         raise UserError("--to: choose model2vec or onnx")
     if out is None:
         raise UserError("--out: name the folder to write")
+    from pipeline.failures import check_out_folder
+
+    check_out_folder(out, {"--model": model})
     result = export_student(model, to, out, dtype=dtype, force=force)
     typer.echo(f"{result.out}: {result.format} ({result.dtype}), {result.bytes / 2**20:,.1f} MiB; cosine to the "
                f"torch student >= {result.min_cosine:.6f} on the check sentences")

@@ -109,7 +109,7 @@ def predict(
 
     check_positive(batch_size, "--batch-size")
     check_device(device)
-    check_out_file(out)
+    check_out_file(out, input)  # before anything is read or written: an --out over the --input is refused
     meta = read_task_json(model)
     kind, spec = meta.get("kind"), TaskSpec.from_dict(meta["task"])
     data = load_inputs(spec, input, comma_list(text_columns))
