@@ -24,7 +24,7 @@ from finetune.prepare import Prepared
 from finetune.task_data import TaskData
 from finetune.task_model import HEAD_NAME, TASK_JSON
 from student.checkpoint import clear_output, not_empty, refuse_unsafe_out
-from student.optim import adamw, clip_gradients, lr_factor, param_groups
+from student.optim import adamw, all_finite, clip_gradients, diverged, lr_factor, param_groups
 from student.tokenizer import TOKENIZER_FILES
 from teacher_cache.atomic import atomic_write
 from teacher_cache.lock import LOCK_NAME, FolderLock
@@ -122,11 +122,19 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
                "select": cfg.select, "loss": ("cosent" if cosent else "mse on the cosine") if cosine_head else None,
                "kd": {"cache": cfg.kd_cache, "alpha": cfg.kd_alpha} if cfg.kd_cache else None, "history": []}
     best: tuple[float, int, dict] | None = None  # (score, epoch, weights) of the best epoch so far
+    rates = [("--lr", cfg.lr)] + ([("--encoder-lr", cfg.encoder_lr)] if lr_groups and cfg.encoder_lr else [])
+
+    def stop_diverged(epoch: int, step: int, what: str) -> None:
+        """Stop in one line before anything more is written: the loss, weights or outputs are no longer finite."""
+        raise diverged(epoch, step, what, rates, f"no model was saved in {cfg.out}")
 
     def evaluate(epoch: int, losses: list[float]) -> None:
         """Score every split, record the epoch, keep its weights when it is the best on the selection split."""
         nonlocal best
-        scores = {split: compute_metrics(spec, predict(data), data.labels) for split, data in prep.evals.items()}
+        predicted = {split: predict(data) for split, data in prep.evals.items()}
+        if epoch and not all(np.isfinite(p).all() for p in predicted.values()):  # finite but absurd weights
+            stop_diverged(epoch, epoch * steps, "outputs not finite")
+        scores = {split: compute_metrics(spec, predicted[split], data.labels) for split, data in prep.evals.items()}
         loss = {"train_loss": round(float(np.mean(losses)), 6)} if losses else {}
         metrics["history"].append({"epoch": epoch, **loss, **scores})
         if by is not None and (best is None or scores[by][spec.metrics[0]] > best[0]):
@@ -138,7 +146,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
                        train_seconds=round(seconds, 2))
         atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         log(f"epoch {epoch}/{cfg.epochs}: " + (f"loss {np.mean(losses):.4f}  " if losses else "(zero-shot)  ")
-            + "  ".join(f"{split} {k} {v:.4f}" for split, s in scores.items() for k, v in s.items()), cfg.quiet)
+            + "  ".join(f"{split} {k} {v:.4f}" for split, s in scores.items() for k, v in s.items()))
 
     initial = [p.detach().clone() for p in blend or []]  # the encoder as it came, for --interpolate
     seconds = 0.0
@@ -161,11 +169,15 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            if not math.isfinite(losses[-1]):  # read every step anyway: stop before this epoch's metrics or model
+                stop_diverged(epoch + 1, epoch * steps + start // cfg.batch_size + 1, f"loss {losses[-1]:g}")
         seconds += time.monotonic() - started
+        if not all_finite(module.state_dict().values()):  # the last step's update (one sync an epoch)
+            stop_diverged(epoch + 1, (epoch + 1) * steps, "weights not finite")
         evaluate(epoch + 1, losses)
     if best is not None and best[1] != cfg.epochs:
         module.load_state_dict(best[2])
-        log(f"kept epoch {best[1]} (best {by} {spec.metrics[0]} {best[0]:.4f})", cfg.quiet)
+        log(f"kept epoch {best[1]} (best {by} {spec.metrics[0]} {best[0]:.4f})")
     if blend and best is not None:
         interpolate(blend, initial, lambda data: compute_metrics(spec, predict(data), data.labels), prep.evals, by,
                     spec.metrics[0], metrics, cfg)
@@ -197,4 +209,4 @@ def interpolate(params: list[torch.nn.Parameter], start: list[torch.Tensor], sco
     metrics["final"] = scores[alpha]
     atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log(f"interpolated: a = {alpha} ({by} {metric} {scores[alpha][by][metric]:.4f}; fine-tuned alone "
-        f"{scores[1.0][by][metric]:.4f})", cfg.quiet)
+        f"{scores[1.0][by][metric]:.4f})")

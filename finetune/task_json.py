@@ -7,13 +7,16 @@ GLUE task's test file may sit beside the GLUE folder ('../stsbenchmark/...'); th
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.tasks import TaskSpec
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, first_line
 from teacher_cache.safe_paths import a_type, shown
 
+TASK_JSON = "task.json"
 KINDS = ("student", "teacher")
 HEAD_LIMITS = {"dim": (1, 1 << 14), "n_out": (1, 10_000), "hidden": (0, 1 << 16)}
 LAYOUT_FLAGS = ("header", "required", "tab_separated")
@@ -111,7 +114,31 @@ def head_problem(head: object, spec: TaskSpec) -> str | None:
     return None
 
 
-def check_task_json(meta: object, path: Path) -> dict:
+@dataclass(frozen=True)
+class TaskJson:
+    """A fine-tuned folder's task.json, checked: the model kind it holds, its task (built once), every field."""
+
+    kind: str  # one of KINDS
+    spec: TaskSpec
+    meta: dict  # the file's contents: 'head' (students), 'max_length' (teachers), 'args', ...
+
+
+def read_task_json(folder: str | Path) -> TaskJson:
+    """task.json of a fine-tuned folder, or a one-line error saying the folder is not one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--model {folder}: no such folder")
+    path = folder / TASK_JSON
+    if not path.exists():
+        raise UserError(f"--model {folder}: not a fine-tuned model (no {TASK_JSON}); make one with tc finetune")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+        raise UserError(f"{path}: unreadable ({first_line(exc)})") from None
+    return check_task_json(meta, path)  # a fine-tuned folder is data: every field checked before it is used
+
+
+def check_task_json(meta: object, path: Path) -> TaskJson:
     """`meta` (task.json's contents) once every field a loader uses is checked; else one UserError line."""
     if not isinstance(meta, dict):
         raise UserError(f"{path}: malformed (JSON {a_type(meta)}, not an object)")
@@ -130,4 +157,4 @@ def check_task_json(meta: object, path: Path) -> dict:
         problem = head_problem(meta.get("head"), spec)
         if problem:
             raise UserError(f"{path}: head: {problem}")
-    return meta
+    return TaskJson(meta["kind"], spec, meta)

@@ -17,14 +17,13 @@ import torch
 from torch import nn
 
 from finetune.task_data import TaskData
-from finetune.task_json import check_task_json
+from finetune.task_json import TASK_JSON, TaskJson, read_task_json
 from finetune.tasks import TaskSpec
 from student.student import Student
 from teacher_cache.atomic import atomic_path, atomic_write
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, first_line
 
 HEAD_NAME = "head.safetensors"
-TASK_JSON = "task.json"
 FEATURES = "[u, v, |u-v|, u*v]"
 
 
@@ -131,22 +130,6 @@ class StudentClassifier(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def read_task_json(folder: str | Path) -> dict:
-    """task.json of a fine-tuned folder, or a one-line error saying the folder is not one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--model {folder}: no such folder")
-    path = folder / TASK_JSON
-    if not path.exists():
-        raise UserError(f"--model {folder}: not a fine-tuned model (no {TASK_JSON}); make one with tc finetune")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path}: unreadable ({first[:200]})") from None
-    return check_task_json(meta, path)  # a fine-tuned folder is data: every field checked before it is used
-
-
 def write_task_json(folder: str | Path, kind: str, spec: TaskSpec, **extra: object) -> None:
     """task.json: what model kind the folder holds and the task it was fine-tuned on."""
     data = {"kind": kind, "task": spec.to_dict(), **extra}
@@ -166,19 +149,19 @@ def save_task_model(folder: str | Path, model: StudentClassifier, spec: TaskSpec
     write_task_json(folder, "student", spec, head=model.head.settings, features=features, args=args)
 
 
-def load_task_model(folder: str | Path, device: str = "cpu") -> tuple[StudentClassifier, TaskSpec]:
-    """A fine-tuned student folder -> (model in eval mode, its task)."""
+def load_task_model(folder: str | Path, device: str = "cpu", task: TaskJson | None = None,
+                    ) -> tuple[StudentClassifier, TaskSpec]:
+    """A fine-tuned student folder -> (model in eval mode, its task); `task`: its task.json, when read already."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    meta = read_task_json(folder)
-    if meta.get("kind") != "student":
-        raise UserError(f"--model {folder}: holds a fine-tuned {meta.get('kind')}, not a student")
-    head = TaskHead(**meta["head"])
+    task = task or read_task_json(folder)
+    if task.kind != "student":
+        raise UserError(f"--model {folder}: holds a fine-tuned {task.kind}, not a student")
+    head = TaskHead(**task.meta["head"])
     try:
         head.load_state_dict(load_file(str(folder / HEAD_NAME)))
     except Exception as exc:  # missing, truncated (safetensors' own error type) or of another shape
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{folder / HEAD_NAME}: missing or does not match task.json ({first[:160]})") from None
+        raise UserError(f"{folder / HEAD_NAME}: missing or does not match task.json ({first_line(exc, 160)})") from None
     model = StudentClassifier(Student.from_pretrained(folder), head)
-    return model.to(device).eval(), TaskSpec.from_dict(meta["task"])
+    return model.to(device).eval(), task.spec

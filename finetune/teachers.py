@@ -16,19 +16,19 @@ from finetune.config import FinetuneConfig, LogitsConfig
 from finetune.fit import check_out, clear_out, fit, holding_out
 from finetune.prepare import prepare
 from finetune.task_data import TaskData, load_inputs, load_split
-from finetune.task_model import read_task_json, write_task_json
+from finetune.task_json import TaskJson, read_task_json
+from finetune.task_model import write_task_json
 from finetune.tasks import TaskSpec, resolve_data_dir, resolve_task
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, first_line
 from teacher_cache.logits import logits_manifest, model_hash, write_logits_cache
 from teacher_cache.manifest import CacheManifest
+from teacher_cache.teacher import go_offline
 
 
 def load_classifier(name: str, n_out: int | None = None, online: bool = False):
     """(model, tokenizer) of a transformers folder or hub name, with a fresh head of n_out outputs if given."""
-    from teacher_cache.teacher import _go_offline
-
     if not online:
-        _go_offline()
+        go_offline()
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -41,8 +41,7 @@ def load_classifier(name: str, n_out: int | None = None, online: bool = False):
         model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:
         hint = "" if online else " (offline: pass a local folder, or --online to allow a download)"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--model {name}: cannot load as a transformers model{hint}: {first[:200]}") from None
+        raise UserError(f"--model {name}: cannot load as a transformers model{hint}: {first_line(exc)}") from None
     return model, tokenizer
 
 
@@ -114,14 +113,15 @@ def finetune_teacher(cfg: FinetuneConfig) -> dict:
     return metrics
 
 
-def load_finetuned_teacher(folder: str | Path, device: str = "cpu") -> tuple[TeacherRunner, TaskSpec]:
-    """A folder written by finetune_teacher -> (runner in eval mode, its task)."""
-    meta = read_task_json(folder)
-    if meta.get("kind") != "teacher":
-        raise UserError(f"--model {folder}: holds a fine-tuned {meta.get('kind')}, not a transformers teacher")
+def load_finetuned_teacher(folder: str | Path, device: str = "cpu", task: TaskJson | None = None,
+                           ) -> tuple[TeacherRunner, TaskSpec]:
+    """A folder written by finetune_teacher -> (runner in eval mode, its task); `task`: its task.json, when read
+    already."""
+    task = task or read_task_json(folder)
+    if task.kind != "teacher":
+        raise UserError(f"--model {folder}: holds a fine-tuned {task.kind}, not a transformers teacher")
     model, tokenizer = load_classifier(str(folder))
-    return TeacherRunner(model.eval(), tokenizer, int(meta.get("max_length", 128)), device), \
-        TaskSpec.from_dict(meta["task"])
+    return TeacherRunner(model.eval(), tokenizer, int(task.meta.get("max_length", 128)), device), task.spec
 
 
 def cache_logits(cfg: LogitsConfig) -> CacheManifest:

@@ -10,6 +10,7 @@ import typer
 
 from pipeline import failures
 from pipeline.commands import cache, evaluate, export, tasks, train
+from pipeline.logs import cli_logging
 from teacher_cache.errors import Terminated, UserError, printable
 
 COMMANDS = [
@@ -44,7 +45,14 @@ def interrupted(code: int = 130) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning user errors into one line on stderr and an exit code."""
+    """Entry point: run the CLI, turning user errors into one line on stderr and an exit code; the "tc" log
+    messages are printed on stderr meanwhile (pipeline/logs.py)."""
+    with cli_logging():
+        return run_command(argv)
+
+
+def run_command(argv: list[str] | None) -> int:
+    """Run one command; every error becomes one line on stderr and an exit code."""
     try:
         result = app(args=argv, prog_name="tc", standalone_mode=False)
         if result in (130, 143):  # commands turn KeyboardInterrupt into Exit(130) after saving their work

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import tempfile
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from teacher_cache.errors import UserError, printable
+from teacher_cache.errors import UserError, printable, reason
 
 try:  # typer >= 0.20 vendors click; its exceptions are not click's (and it has no Exit or Abort)
     from typer._click import exceptions as click_exc
@@ -35,8 +34,7 @@ CLICK = _classes(getattr(click_exc, "ClickException", None))
 
 def os_error_line(exc: OSError) -> str:
     """'error: FILE: reason' for an OSError that names its file (a full disk, a permission, a missing folder)."""
-    reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return printable(f"error: {exc.filename}: {reason}")
+    return printable(f"error: {exc.filename}: {reason(exc)}")
 
 
 def traceback_file(text: str) -> Path | None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from pipeline.logs import set_quiet
 from teacher_cache.settings import Checked, check_settings, flag_of, is_setting
 
 SCALARS = (str, int, float, bool, Path)
@@ -69,6 +70,8 @@ def options_from(*classes: type, unset: dict[str, str] | None = None, skip: tupl
         @functools.wraps(fn)
         def command(**kwargs):
             settings = {p.name: kwargs.pop(p.name) for p in added}
+            if settings.get("quiet"):  # every command's --quiet, in one place: status and progress lines off
+                set_quiet()
             for name, (parse, flag) in parsers.items():
                 if settings[name] is not None:
                     settings[name] = parse(settings[name], flag)

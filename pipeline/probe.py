@@ -17,8 +17,9 @@ from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
 from student.student import load_student_folder
 from teacher_cache import open_cache
-from teacher_cache.atomic import failure_reason, fsync_file
-from teacher_cache.errors import CacheError, UserError
+from teacher_cache.atomic import fsync_file
+from teacher_cache.batching import teacher_encoder
+from teacher_cache.errors import NO_SPACE, CacheError, UserError, reason
 from teacher_cache.lock import FolderLock
 from teacher_cache.progress import format_seconds
 from teacher_cache.signals import sigterm_as_interrupt
@@ -168,8 +169,6 @@ def user_queries(cfg: ProbeConfig, cache, student, t_index, s_index, texts, db_r
     _, s_ids = s_index.search(s_vecs, k)
     t_ids = None
     if not cfg.teacher_free:
-        from teacher_cache.batching import teacher_encoder
-
         name = cfg.teacher or cache.manifest.teacher
         try:
             encode = teacher_encoder(name, pooling=cache.manifest.columns.get(cache.vector_column(cfg.column)),
@@ -220,9 +219,9 @@ def write_report(cfg: ProbeConfig, report: dict, m: dict, query_tokens: np.ndarr
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except Exception as exc:
-        reason = failure_reason(exc)
-        if isinstance(exc, OSError) or reason == "no space left on device":
-            raise UserError(f"--report {cfg.report}: cannot write {name} ({reason}); no report written") from None
+        why = reason(exc)
+        if isinstance(exc, OSError) or why == NO_SPACE:
+            raise UserError(f"--report {cfg.report}: cannot write {name} ({why}); no report written") from None
         raise
 
 

@@ -12,8 +12,8 @@ import torch
 
 from student.config import CONFIG_NAME
 from student.tokenizer import TOKENIZER_FILES
-from teacher_cache.atomic import atomic_path, failure_reason
-from teacher_cache.errors import CacheError, UserError
+from teacher_cache.atomic import atomic_path
+from teacher_cache.errors import CacheError, UserError, first_line, reason
 from teacher_cache.lock import LOCK_NAME, FolderLock
 from teacher_cache.safe_paths import real_folder, remove_tree
 
@@ -44,7 +44,7 @@ def save_checkpoint(out: str | Path, state: dict) -> Path:
         if path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()  # a first checkpoint that failed leaves nothing that looks like a run
         kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was saved yet"
-        raise UserError(f"{path}: cannot write the checkpoint ({failure_reason(exc)}); {kept}") from None
+        raise UserError(f"{path}: cannot write the checkpoint ({reason(exc)}); {kept}") from None
     return path
 
 
@@ -74,8 +74,7 @@ def load_checkpoint(out: str | Path, settings: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn or foreign file: say so in one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CacheError(f"--resume: {path}: unreadable checkpoint ({first[:200]})") from None
+        raise CacheError(f"--resume: {path}: unreadable checkpoint ({first_line(exc)})") from None
     differences = setting_differences(state.get("settings", {}), settings)
     if differences:
         more = f" (and {len(differences) - 2} more)" if len(differences) > 2 else ""

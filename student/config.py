@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from teacher_cache.atomic import atomic_write
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, first_line
 from teacher_cache.safe_paths import a_type, shown
 
 ARCHS = ("bilstm", "cnn", "static")
@@ -94,19 +94,13 @@ class StudentConfig:
     @classmethod
     def load(cls, folder: str | Path) -> StudentConfig:
         """Read config.json from a student folder, with a one-line error when it is not one."""
-        folder = Path(folder)
+        return cls.from_json(read_config_json(folder), Path(folder))
+
+    @classmethod
+    def from_json(cls, data: object, folder: Path) -> StudentConfig:
+        """The config of `folder` from its config.json's contents (`read_config_json`), every field checked; a
+        one-line error when it is not a student's."""
         path = folder / CONFIG_NAME
-        if not folder.is_dir():
-            raise UserError(f"{folder}: no such folder")
-        if (folder / "manifest.json").exists():
-            raise UserError(f"{folder}: a teacher cache, not a student folder (train one with tc train-student)")
-        if not path.exists():
-            raise UserError(f"{folder}: not a student folder (no {CONFIG_NAME}; train one with tc train-student)")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"{path}: unreadable student config ({first[:200]})") from None
         if not isinstance(data, dict) or "arch" not in data:
             raise UserError(f"{folder}: not a student folder (its {CONFIG_NAME} has no student 'arch'; a "
                             "transformers model?)")
@@ -114,7 +108,24 @@ class StudentConfig:
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"{path}: unreadable student config ({str(exc)[:200]})") from None
+            raise UserError(f"{path}: unreadable student config ({first_line(exc)})") from None
+
+
+def read_config_json(folder: str | Path) -> object:
+    """The contents of a model folder's config.json (a student's, or a transformers model's), or a one-line error
+    when the folder is missing, is a teacher cache, or has no readable config.json."""
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    if (folder / "manifest.json").exists():
+        raise UserError(f"{folder}: a teacher cache, not a student folder (train one with tc train-student)")
+    if not path.exists():
+        raise UserError(f"{folder}: not a student folder (no {CONFIG_NAME}; train one with tc train-student)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+        raise UserError(f"{path}: unreadable student config ({first_line(exc)})") from None
 
 
 def field_problem(value: object, kind: type, limit: int | float | None) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, first_line
 
 
 @dataclass
@@ -143,7 +143,7 @@ def quiet_torchrun(argv: list[str]) -> int:
     except SignalException:
         return 130
     except Exception as exc:  # rendezvous or launch failure: one line
-        print(f"error: --nproc: torchrun failed ({str(exc).strip().splitlines()[0][:200]})", file=sys.stderr)
+        print(f"error: --nproc: torchrun failed ({first_line(exc)})", file=sys.stderr)
         return 1
     return 0
 

@@ -31,8 +31,8 @@ import numpy as np
 from student.export_formats import check_model2vec_student, import_onnx, model2vec_vectors, write_model2vec, write_onnx
 from student.onnx_student import OnnxStudent
 from student.student import load_student_folder
-from teacher_cache.atomic import failure_reason, fsync_file
-from teacher_cache.errors import UserError
+from teacher_cache.atomic import fsync_file
+from teacher_cache.errors import NO_SPACE, UserError, reason
 from teacher_cache.lock import LOCK_NAME, FolderLock
 from teacher_cache.progress import log
 from teacher_cache.signals import sigterm_as_interrupt
@@ -126,13 +126,13 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
         try:
             tmp.mkdir()
         except OSError as exc:
-            raise UserError(f"--out {out}: cannot create {tmp.name} beside it ({failure_reason(exc)})") from None
+            raise UserError(f"--out {out}: cannot create {tmp.name} beside it ({reason(exc)})") from None
         try:
             cosine = write_checked(student, model, to, dtype, tmp, out)
             try:
                 place(tmp, dest)
             except OSError as exc:
-                raise UserError(f"--out {out}: cannot rename the export into place ({failure_reason(exc)}); "
+                raise UserError(f"--out {out}: cannot rename the export into place ({reason(exc)}); "
                                 "nothing written to it") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -217,10 +217,10 @@ def write_checked(student, model: Path, to: str, dtype: str, tmp: Path, out: Pat
     except UserError:
         raise
     except Exception as exc:
-        reason = failure_reason(exc)
-        if not isinstance(exc, OSError) and reason != "no space left on device":
+        why = reason(exc)
+        if not isinstance(exc, OSError) and why != NO_SPACE:
             raise  # a bug, not a write that failed: the CLI reports it with its traceback file
-        raise UserError(f"--out {out}: cannot write {written_name(exc, tmp)} ({reason}); nothing written to "
+        raise UserError(f"--out {out}: cannot write {written_name(exc, tmp)} ({why}); nothing written to "
                          f"{out}") from None
     return cosine
 

@@ -8,17 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("mse", "cosine", "contrastive", "relational")
-
-
-def parse_loss(spec: str) -> list[str]:
-    """The loss names in a spec such as 'cosine+relational'; raises ValueError naming an unknown one."""
-    names = [part.strip() for part in spec.split("+")]
-    for name in names:
-        if name not in LOSSES:
-            raise ValueError(f"--loss {spec}: unknown loss {name!r}; choose from {', '.join(LOSSES)} "
-                             "(join several with '+')")
-    return names
+from student.train_config import parse_loss  # the names (LOSSES) live there: checking a config needs no torch
 
 
 def in_batch_similarity(x: torch.Tensor, temperature: float) -> torch.Tensor:

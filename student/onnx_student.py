@@ -14,7 +14,7 @@ import numpy as np
 
 from student.config import StudentConfig
 from student.tokenizer import WordPieceTokenizer, encode_inputs, pad_ids
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, first_line
 
 ONNX_NAME = "model.onnx"
 INPUT_NAMES = ("input_ids", "lengths")
@@ -66,8 +66,7 @@ class OnnxStudent:
         try:
             session = ort.InferenceSession(str(model), options, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"{model}: onnxruntime cannot load it ({first})") from None
+            raise UserError(f"{model}: onnxruntime cannot load it ({first_line(exc)})") from None
         return cls(session, config, (path / "tokenizer.json").read_bytes())
 
     def forward(self, id_lists: list[list[int]]) -> np.ndarray:

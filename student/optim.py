@@ -1,5 +1,5 @@
-"""Optimizer groups, learning-rate schedules and gradient clipping, shared by distillation (student/train.py) and
-task fine-tuning (finetune/fit.py)."""
+"""Optimizer groups, learning-rate schedules, gradient clipping and the divergence check, shared by distillation
+(student/train.py) and task fine-tuning (finetune/fit.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from collections.abc import Iterable
 
 import torch
+
+from teacher_cache.errors import UserError
 
 DECAYS = ("cosine", "linear", "constant")
 
@@ -57,3 +59,16 @@ def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> flo
     for g in grads:
         g.mul_(scale)
     return float(total)
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when every floating-point value of `tensors` is finite: one device sync for all of them."""
+    checks = [torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def diverged(epoch: int, step: int, what: str, rates: list[tuple[str, float]], kept: str) -> UserError:
+    """The one-line error of a run whose loss (or weights) stopped being finite: where, what, the learning-rate
+    flags to lower (largest first) and what --out holds now."""
+    lower = " or ".join(f"{flag} (now {value:g})" for flag, value in sorted(rates, key=lambda r: -r[1]))
+    return UserError(f"training diverged at epoch {epoch} step {step} ({what}): lower {lower}; {kept}")

@@ -16,7 +16,7 @@ from student.st_config import write_sentence_transformers_files
 from student.static_encode import folded_static_matrix, static_sentence_vectors, supports_fast_path
 from student.tokenizer import WordPieceTokenizer, encode_inputs, read_tokenizer_files
 from teacher_cache.atomic import atomic_write
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, first_line
 from teacher_cache.progress import Progress
 
 WEIGHTS_NAME = "model.safetensors"
@@ -81,13 +81,11 @@ class Student(nn.Module):
         try:
             state = load_file(str(weights))
         except Exception as exc:  # a truncated or foreign file (safetensors raises its own error type)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"{weights}: unreadable weights ({first[:200]})") from None
+            raise UserError(f"{weights}: unreadable weights ({first_line(exc)})") from None
         try:
             student.load_state_dict(state)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"{weights}: weights do not match config.json ({first})") from None
+            raise UserError(f"{weights}: weights do not match config.json ({first_line(exc)})") from None
         return student.to(device or "cpu").eval()
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -129,7 +127,8 @@ class Student(nn.Module):
         else:  # longest first, as sentence-transformers
             order, step = np.argsort([-len(t) for t in texts], kind="stable"), batch_size
         out = torch.empty(len(texts), self.dim)
-        progress = Progress("encode", len(texts), "sentences", quiet=not show_progress_bar)
+        progress = Progress("encode", len(texts), "sentences", quiet=not show_progress_bar,
+                            always=bool(show_progress_bar))
         was_training, dev = self.training, self.device
         self.eval()
         try:

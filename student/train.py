@@ -6,6 +6,7 @@ data position (epoch, batches done), so `resume=True` replays the same batches a
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import asdict, replace
@@ -30,7 +31,7 @@ from student.data import Batch, StreamingCacheDataset, read_rows, validation_ids
 from student.evaluate import evaluate
 from student.init import init_embeddings
 from student.losses import loss_fn
-from student.optim import adamw, clip_gradients, lr_factor, param_groups, set_lr
+from student.optim import adamw, all_finite, clip_gradients, diverged, lr_factor, param_groups, set_lr
 from student.runtime import autocast_dtype, deferred_interrupt, resolve_device
 from student.student import Student
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
@@ -168,7 +169,7 @@ def _train(cfg: TrainConfig) -> dict:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         epoch, batches_done, step = state["epoch"], state["batches_done"], state["step"]
         rows_seen, seconds, history = state["rows_seen"], state["seconds"], state["history"]
-        log(f"resuming at epoch {epoch + 1}, step {step:,} ({rows_seen:,} sentences seen)", cfg.quiet)
+        log(f"resuming at epoch {epoch + 1}, step {step:,} ({rows_seen:,} sentences seen)", quiet=not ddp.is_main)
     elif ddp.is_main:
         history.append({"step": 0, "epoch": 0, "rows_seen": 0, **evaluate(student, val_texts, val_targets)})
 
@@ -180,7 +181,7 @@ def _train(cfg: TrainConfig) -> dict:
         history.append({"step": step, "epoch": round(epoch + batches_done / max(1, len_epoch), 4),
                         "rows_seen": rows_seen, **metrics})
         if metrics:
-            log(f"eval step {step:,}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), cfg.quiet)
+            log(f"eval step {step:,}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def same_cache(every_rank: bool = True) -> None:
         """Stop in one line, saving nothing, when the cache is no longer the one training started from."""
@@ -194,9 +195,33 @@ def _train(cfg: TrainConfig) -> dict:
                              "new shards (a checkpoint saved before, if any, stays); rerun with --force once the "
                              "cache is written")
 
+    rates = [("--lr", cfg.lr)] + ([("--emb-lr", cfg.emb_lr)] if cfg.emb_lr else [])
+    saved_step = state["step"] if state else None  # the step of the checkpoint in --out, if any
+
+    def stop_diverged(what: str, live: bool = True) -> None:
+        """Stop in one line, saving nothing more: the loss, the weights or the outputs are no longer finite."""
+        if live:
+            progress.close()
+        kept = (f"nothing was saved in {cfg.out}" if saved_step is None else
+                f"{Path(cfg.out) / 'checkpoint'} keeps step {saved_step} (saved before); pass --force to start over")
+        raise diverged(epoch + (1 if batches_done else 0), step, what, rates, kept)
+
+    def finite_weights(every_rank: bool = True) -> None:
+        """Stop before weights that are not finite (or give non-finite validation outputs) are saved; all ranks
+        agree, as in same_cache."""
+        bad = float(not all_finite(student.state_dict().values()))  # one sync, at save points only
+        last = history[-1] if ddp.is_main and history and history[-1]["step"] == step else {}
+        outputs = float(any(not math.isfinite(last.get(k, 0.0)) for k in ("val_mse", "val_cosine")))
+        if every_rank:
+            bad, outputs = distributed.all_sum(ddp, bad, outputs)
+        if bad or outputs:
+            stop_diverged("weights not finite" if bad else "validation outputs not finite", live=every_rank)
+
     def checkpoint() -> None:
         """Save everything needed to continue exactly from here (rank 0 writes; the ranks hold identical weights)."""
+        nonlocal saved_step
         same_cache()  # never a checkpoint of weights that saw two caches
+        finite_weights()  # nor of weights that are not finite
         if ddp.is_main:
             save_checkpoint(cfg.out, {
                 "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
@@ -205,6 +230,7 @@ def _train(cfg: TrainConfig) -> dict:
                 "epoch": epoch, "batches_done": batches_done, "step": step, "rows_seen": rows_seen,
                 "seconds": seconds + time.monotonic() - t0, "history": history, "sparse": sparse,
                 "settings": settings, "world_size": ddp.world_size})
+        saved_step = step
         distributed.barrier(ddp)  # no rank exits (and so no launcher kills rank 0) before the file is complete
 
     # ---- the loop -----------------------------------------------------------------------------------------------
@@ -219,9 +245,12 @@ def _train(cfg: TrainConfig) -> dict:
                 set_lr(optimizers, lr_factor(step, total_steps, warmup, cfg.decay, cfg.min_lr_ratio),
                        cfg.emb_lr or cfg.lr)
                 loss = float(train_step(model, batch, optimizers, scaler, cfg, amp))
-                rows, tokens, stop = distributed.all_sum(ddp, len(batch), int(batch.lengths.sum()), interrupted["hit"])
+                rows, tokens, stop, bad = distributed.all_sum(ddp, len(batch), int(batch.lengths.sum()),
+                                                              interrupted["hit"], not math.isfinite(loss))
                 interrupted["hit"] = stop > 0  # a Ctrl-C on any rank stops all of them at this same step
                 step, batches_done, rows_seen = step + 1, batches_done + 1, rows_seen + int(rows)
+                if bad:  # a NaN/inf loss on any rank: all stop at this same step, before anything is saved
+                    stop_diverged(f"loss {loss:g}" if not math.isfinite(loss) else "loss not finite on another rank")
                 smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
                 progress.label = f"step {step:,} loss {smooth:.4g} epoch {epoch + 1}/{cfg.epochs}"
                 progress.update(int(rows), tokens=int(tokens))
@@ -233,9 +262,10 @@ def _train(cfg: TrainConfig) -> dict:
                     if interrupted["hit"]:
                         term = interrupted["signal"] == signal.SIGTERM
                         log(f"{'terminated (SIGTERM)' if term else 'interrupted'} at step {step:,}: checkpoint "
-                            f"saved in {Path(cfg.out) / 'checkpoint'}; rerun with --resume to continue", cfg.quiet)
+                            f"saved in {Path(cfg.out) / 'checkpoint'}; rerun with --resume to continue",
+                            quiet=not ddp.is_main)  # rank 0 alone says it
                         raise Terminated if term else KeyboardInterrupt
-                    log(f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue", cfg.quiet)
+                    log(f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue", not ddp.is_main)
                     return {"stopped": True, "step": step, "rows_seen": rows_seen, "history": history}
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint()
@@ -254,9 +284,10 @@ def _train(cfg: TrainConfig) -> dict:
                "val_rows": val_rows, "train_seconds": round(seconds, 2),
                "sentences_per_second": round(rows_seen / max(seconds, 1e-9), 1), "history": history}
     same_cache(every_rank=False)  # the other ranks have returned
+    finite_weights(every_rank=False)
     student.save_pretrained(cfg.out)
     write_run_files(cfg.out, args, metrics, student.num_parameters())
     remove_checkpoint(cfg.out)
     log(f"{cfg.out}: {scfg.arch} student, {step:,} steps, " +
-        "  ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items()), cfg.quiet)
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items()))
     return metrics

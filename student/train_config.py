@@ -20,6 +20,18 @@ from teacher_cache.settings import (
     setting,
 )
 
+LOSSES = ("mse", "cosine", "contrastive", "relational")  # what student/losses.py computes (one_loss)
+
+
+def parse_loss(spec: str) -> list[str]:
+    """The loss names in a spec such as 'cosine+relational'; raises ValueError naming an unknown one."""
+    names = [part.strip() for part in spec.split("+")]
+    for name in names:
+        if name not in LOSSES:
+            raise ValueError(f"--loss {spec}: unknown loss {name!r}; choose from {', '.join(LOSSES)} "
+                             "(join several with '+')")
+    return names
+
 
 @dataclass
 class TrainConfig(Checked):
@@ -100,8 +112,6 @@ class TrainConfig(Checked):
             value = getattr(self, name)
             if value not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} {value}: choose one of {', '.join(allowed)}")
-        from student.losses import parse_loss  # (torch: imported only when a run starts)
-
         try:
             losses = parse_loss(self.loss)
         except ValueError as exc:

@@ -5,13 +5,12 @@ someone may read back (shards, manifests, checkpoints, weights, metrics) goes th
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from teacher_cache.errors import UserError
+from teacher_cache.errors import UserError, reason
 
 
 def fsync_file(path: Path) -> None:
@@ -58,14 +57,6 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
         raise
 
 
-def failure_reason(exc: BaseException) -> str:
-    """Why a write failed, in a few words: 'no space left on device' for a full disk (whatever type the library
-    raised it as: OSError, torch's RuntimeError, safetensors' own), else the OS's words or the message's first line."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in first or "file write failed" in first
-    return "no space left on device" if full else (getattr(exc, "strerror", None) or first)[:200]
-
-
 def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write text or bytes to `path` atomically; a failure is one UserError line and the previous file is kept."""
     path = Path(path)
@@ -73,4 +64,4 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     except OSError as exc:
-        raise UserError(f"{path}: cannot write ({failure_reason(exc)}); the previous version is kept") from None
+        raise UserError(f"{path}: cannot write ({reason(exc)}); the previous version is kept") from None

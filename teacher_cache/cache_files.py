@@ -14,10 +14,10 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from teacher_cache.errors import CacheMismatchError, UserError
+from teacher_cache.errors import CacheMismatchError, UserError, reason
 from teacher_cache.lock import LOCK_NAME
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
-from teacher_cache.progress import log
+from teacher_cache.progress import warn
 from teacher_cache.safe_paths import name_problem, remove_file, remove_tree
 from teacher_cache.shards import sha256_file
 
@@ -160,7 +160,7 @@ def make_output_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot create folder ({exc.strerror})") from None
+        raise UserError(f"--out {out}: cannot create folder ({reason(exc)})") from None
 
 
 def previous_cache(out: Path, force: bool) -> tuple[CacheManifest | None, CacheManifest | bool]:
@@ -188,7 +188,7 @@ def resume(out: Path, manifest: CacheManifest, existing: CacheManifest, more_dif
         raise CacheMismatchError(f"--out {out}: holds a cache made with other settings ({'; '.join(differences)}); "
                                  "use --force to start afresh")
     for note in recheck(out, existing):
-        log(f"warning: {note}")
+        warn(note)
     if existing.complete:
         return True
     manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from teacher_cache.bundled import bundled_data
-from teacher_cache.errors import CorpusError, printable
+from teacher_cache.errors import CorpusError, first_line, printable, reason
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".tsv.gz")
 TABLE_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".parquet", ".csv", ".csv.gz", ".tsv")
@@ -71,7 +71,7 @@ def _regular_file(path: Path, where: str, folder_ok: bool = False) -> bool:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise CorpusError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        raise CorpusError(f"{where}: cannot read ({reason(exc)})") from None
     if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
         return stat.S_ISREG(mode)
     kind = ("a directory" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
@@ -151,7 +151,7 @@ def _iter_lines(path: Path, bad_utf8: str, stats: CorpusStats) -> Iterator[str]:
     except PermissionError:
         raise CorpusError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise CorpusError(f"{path}: cannot read ({reason(exc)})") from None
 
 
 def _table_error(path: Path, kind: str, exc: Exception, during: str) -> CorpusError:
@@ -160,7 +160,7 @@ def _table_error(path: Path, kind: str, exc: Exception, during: str) -> CorpusEr
         located = first_bad_json_line(path)
         if located:
             return CorpusError(located)
-    return CorpusError(f"{path}: {during} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    return CorpusError(f"{path}: {during} ({first_line(exc)})")
 
 
 def first_bad_json_line(path: Path) -> str | None:

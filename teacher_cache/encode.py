@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from teacher_cache.atomic import atomic_path, failure_reason
+from teacher_cache.atomic import atomic_path
 from teacher_cache.batching import BatchEncoder, resolve_precision
 from teacher_cache.cache_files import other_files, previous_cache, record_files, resume, wipe_cache
 from teacher_cache.corpus import CorpusStats, iter_corpus, resolve_corpus
 from teacher_cache.encode_config import EncodeConfig
-from teacher_cache.errors import CacheError, CorpusError
+from teacher_cache.errors import CacheError, CorpusError, reason
 from teacher_cache.fingerprint import LEGACY_FINGERPRINT_NOTE, fingerprint_like, is_legacy_fingerprint
 from teacher_cache.lock import FolderLock
 from teacher_cache.manifest import CacheManifest, ShardInfo, embedding_column
@@ -48,7 +48,7 @@ def save_teacher_files(teacher: Teacher, out: Path) -> None:
             with atomic_path(target) as tmp:
                 save_file({"token_embeddings": teacher.token_embedding_matrix().astype(np.float16)}, str(tmp))
     except Exception as exc:  # OSError, or safetensors' own error type for a full disk
-        raise CacheError(f"{target}: cannot write ({failure_reason(exc)}); complete shards are kept: fix this and "
+        raise CacheError(f"{target}: cannot write ({reason(exc)}); complete shards are kept: fix this and "
                          "rerun to resume") from None
 
 
@@ -208,14 +208,14 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
         if max_rows and can_grow(existing, cfg.max_rows):
             target = f"{cfg.max_rows:,}" if cfg.max_rows else "all"
             log(f"{out}: growing the cache from its first {existing.rows:,} rows "
-                f"(--max-rows {existing.extra['max_rows']}) to {target} rows", cfg.quiet)
+                f"(--max-rows {existing.extra['max_rows']}) to {target} rows")
             existing.complete, max_rows = False, []
         if resume(out, manifest, existing, max_rows):
             if save_token_outputs(teacher, out, manifest.teacher_hash):
-                log(f"{out}: added the teacher's per-token outputs ({TOKEN_OUTPUTS_FILE})", cfg.quiet)
+                log(f"{out}: added the teacher's per-token outputs ({TOKEN_OUTPUTS_FILE})")
                 record_files(out, existing)
                 existing.save(out)
-            log(f"{out}: cache already complete ({existing.rows:,} rows, checksums match); nothing to do", cfg.quiet)
+            log(f"{out}: cache already complete ({existing.rows:,} rows, checksums match); nothing to do")
             run.manifest = existing
             return run
     rows_iter = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=run.stats)
@@ -230,7 +230,7 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
     if not run.replacing:
         run.begin_writing()  # a --force run begins at its first shard, so a failure before that keeps the old cache
     if run.done_rows:
-        log(f"resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows)", cfg.quiet)
+        log(f"resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows)")
     return run
 
 
@@ -260,7 +260,7 @@ def encode_local(run: EncodeRun) -> CacheManifest:
     progress = Progress("encode", None, quiet=cfg.quiet, start=run.done_rows)
     for texts, token_ids in prefetch(run.chunks, encoder.tokenize):
         if run.precision == "auto":
-            run.set_precision(resolve_precision(encoder, token_ids, cfg.quiet))
+            run.set_precision(resolve_precision(encoder, token_ids))
         encoder.precision = run.precision
         progress.total = min(total[0], cfg.max_rows or total[0]) if total[0] else None
         started = time.perf_counter()

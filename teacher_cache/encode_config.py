@@ -12,6 +12,8 @@ from teacher_cache.settings import Checked, auto_bool, check_settings, comma_lis
 from teacher_cache.shards import FORMATS
 
 DTYPES = ("float32", "float16")
+POOLINGS = ("mean", "cls", "pooler")  # how the teacher's token vectors become a sentence vector (teacher.pool)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -47,8 +49,6 @@ class EncodeConfig(Checked):
 
     def validate(self) -> None:
         """Reject bad flag values with a one-line error naming the flag."""
-        from teacher_cache.teacher import POOLINGS, PRECISIONS  # (torch: imported only when a run starts)
-
         check_settings(self)  # the ranges the fields declare, again: a value may have been set since
         checks = [
             (self.max_tokens is None or self.max_tokens >= self.max_length,

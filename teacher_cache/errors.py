@@ -2,7 +2,28 @@
 
 `UserError` is any problem the user can fix (a bad flag, a missing file, a folder in the way); `CacheError` and
 its subclasses are the ones about a teacher cache (its corpus, its settings, its files on disk).
+
+`reason` and `first_line` put an exception that caused one into a few words, the same way everywhere.
 """
+
+import errno
+
+NO_SPACE = "no space left on device"
+
+
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """What a library said, for a one-line error: the first line of the exception's message (its type's name when
+    the message is empty), cut to `limit` characters."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+def reason(exc: BaseException) -> str:
+    """Why an operation failed, in a few words: NO_SPACE for a full disk (whatever type the library raised it as:
+    OSError, torch's RuntimeError, safetensors' own), else the OS's words ('Permission denied') or the message's
+    first line, cut to 200 characters."""
+    first = first_line(exc, limit=None)
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in first or "file write failed" in first
+    return NO_SPACE if full else (getattr(exc, "strerror", None) or first)[:200]
 
 
 def printable(text: str) -> str:

@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from teacher_cache.errors import CorpusError
+from teacher_cache.errors import CorpusError, reason
 
 FINGERPRINT_PREFIX = "v2:"  # a hash of every byte; the fingerprints of older caches have no prefix
 LEGACY_FINGERPRINT_NOTE = ("its corpus fingerprint (made by an older version) sees only the names, sizes and first and "
@@ -29,7 +29,7 @@ def corpus_fingerprint(files: list[Path], text_column: str | None = None) -> str
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
         except OSError as exc:
-            raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            raise CorpusError(f"{path}: cannot read ({reason(exc)})") from None
     return FINGERPRINT_PREFIX + digest.hexdigest()[:32]
 
 

@@ -14,16 +14,11 @@ import stat
 import time
 from pathlib import Path
 
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import CacheError, reason
 
 LOCK_NAME = ".tc.lock"
 # O_NOFOLLOW: a symlink planted at the lock path is refused by the OS instead of opened (and truncated) through
 OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _reason(exc: OSError) -> str:
-    """Short text of an OSError ('no space left on device', 'Permission denied', ...)."""
-    return "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
 
 
 class FolderLock:
@@ -43,7 +38,7 @@ class FolderLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CacheError(f"{self.flag} {self.folder}: cannot create folder ({_reason(exc)})") from None
+            raise CacheError(f"{self.flag} {self.folder}: cannot create folder ({reason(exc)})") from None
         self.created = missing  # deepest first
 
     def acquire(self) -> FolderLock:
@@ -58,13 +53,13 @@ class FolderLock:
                     if exc.errno == errno.ELOOP and not replaced:  # a symlink: tc never makes one, so drop the link
                         replaced = self._unlink_planted()
                         continue
-                    raise CacheError(f"{self.flag} {self.folder}: cannot write a lock file ({_reason(exc)})") from None
+                    raise CacheError(f"{self.flag} {self.folder}: cannot write a lock file ({reason(exc)})") from None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
                     os.close(fd)
                     if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise CacheError(f"{self.flag} {self.folder}: cannot lock ({_reason(exc)})") from None
+                        raise CacheError(f"{self.flag} {self.folder}: cannot lock ({reason(exc)})") from None
                     raise CacheError(f"{self.flag} {self.folder}: in use by {read_holder(self.path)}; wait for it "
                                      "to finish or choose another folder") from None
                 if not _plain_file(fd):  # a hard link to someone's file, or not a file: never truncate it
@@ -93,7 +88,7 @@ class FolderLock:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             raise CacheError(f"{self.flag} {self.folder}: cannot replace {self.path}, a link tc did not make "
-                             f"({_reason(exc)}); remove it") from None
+                             f"({reason(exc)}); remove it") from None
         return True
 
     def release(self) -> None:

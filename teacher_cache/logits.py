@@ -74,7 +74,7 @@ def _write_logits_cache(out: Path, rows: list[str], compute: LogitFn, manifest: 
         if existing.extra.get("task") != manifest.extra.get("task"):
             more.append(f"task: {existing.extra.get('task')!r} != {manifest.extra.get('task')!r}")
         if resume(out, manifest, existing, more):
-            log(f"{out}: logits cache already complete ({existing.rows:,} rows); nothing to do", quiet)
+            log(f"{out}: logits cache already complete ({existing.rows:,} rows); nothing to do")
             return existing
         manifest.extra.setdefault("other_files", [])
     else:

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from teacher_cache.atomic import atomic_write
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import CacheError, first_line
 from teacher_cache.safe_paths import a_type, check_name, inside, name_problem, shown
 
 MANIFEST_NAME = "manifest.json"
+# The teacher's output for each vocabulary token (teacher_cache/token_outputs.py writes it; the reader reads it).
+TOKEN_OUTPUTS_FILE = "token_outputs.safetensors"
+TOKEN_OUTPUTS_KEY = "token_outputs"
 FORMAT_VERSION = 1
 # Settings that define what a cache *is*: a resumed run must agree on all of them.
 IDENTITY_KEYS = ("teacher_hash", "pooling", "max_length", "normalize", "dtype", "format",
@@ -145,8 +148,7 @@ class CacheManifest:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CacheError(f"{path}: unreadable manifest ({first[:200]})") from None
+            raise CacheError(f"{path}: unreadable manifest ({first_line(exc)})") from None
         if not isinstance(data, dict):
             raise CacheError(f"{path}: malformed manifest (JSON {a_type(data)}, not an object)")
         manifest = cls.from_dict(data, str(path))

@@ -1,21 +1,56 @@
-"""What a run says on stderr: `log` for one status line, `warn` for a warning about the data or the settings (never
-silenced: --quiet hides progress, not rows cut or skipped), `Progress` for a done/total, rate and ETA line."""
+"""What a run says: `log` for one status line (INFO), `warn` for a warning about the data or the settings (WARNING:
+--quiet hides progress and status lines, not rows cut or skipped), `note` for a problem that costs time, not results
+(WARNING too), `Progress` for a done/total, rate and ETA line.
+
+Messages go through the standard `logging` module, to the logger "tc" and its children, one per module:
+teacher_cache.encode logs to "tc.cache.encode", student.train to "tc.student.train", finetune.* to "tc.finetune.*",
+pipeline.* to "tc.pipeline.*". The library installs no handler: a caller who configures nothing sees the warnings
+(logging's last-resort handler prints WARNING and above on stderr) and not the INFO lines, as with model2vec or
+sentence-transformers; `logging.basicConfig(level=logging.INFO)` shows those too, and
+`logging.getLogger("tc").setLevel(logging.ERROR)` silences everything. The `tc` command installs its own stderr
+handler (pipeline/logs.py)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
+ROOT_LOGGER = "tc"
+PACKAGE_LOGGERS = {"teacher_cache": "cache", "student": "student", "finetune": "finetune", "pipeline": "pipeline"}
+
+
+def logger_for(module: str) -> logging.Logger:
+    """The logger of a module: "tc.cache.encode" for teacher_cache.encode, "tc.student" for student; "tc" for any
+    module outside the four packages."""
+    package, _, rest = module.partition(".")
+    if package not in PACKAGE_LOGGERS:
+        return logging.getLogger(ROOT_LOGGER)
+    return logging.getLogger(".".join(part for part in (ROOT_LOGGER, PACKAGE_LOGGERS[package], rest) if part))
+
+
+def _caller_logger(depth: int = 2) -> logging.Logger:
+    """The logger of the module `depth` frames up (2: the caller of the function calling this)."""
+    return logger_for(sys._getframe(depth).f_globals.get("__name__", ""))
+
 
 def log(message: str, quiet: bool = False) -> None:
-    """One status line on stderr (flushed at once), unless quiet: how every command reports what it does."""
+    """One status line at INFO on the calling module's logger (the `tc` command prints it on stderr, --quiet hides
+    it). `quiet` drops it whatever the logging settings: for a line a caller never wants, not for --quiet."""
     if not quiet:
-        print(message, file=sys.stderr, flush=True)
+        _caller_logger().info(message, stacklevel=2)
 
 
 def warn(message: str) -> None:
-    """'warning: MESSAGE' on stderr, even under --quiet: rows cut, skipped or repaired change what is cached."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    """'warning: MESSAGE' at WARNING on the calling module's logger: printed on stderr under --quiet too, and by
+    default in a library caller's process: rows cut, skipped or repaired change what is cached."""
+    _caller_logger().warning(f"warning: {message}", stacklevel=2)
+
+
+def note(message: str) -> None:
+    """'note: MESSAGE' at WARNING on the calling module's logger: something went wrong that costs time, not
+    results (a file that could not be kept for next time); printed under --quiet too."""
+    _caller_logger().warning(f"note: {message}", stacklevel=2)
 
 
 def format_seconds(seconds: float) -> str:
@@ -29,12 +64,21 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Rate and ETA reporter; updates at most every `interval` seconds (a line each on a non-tty)."""
+    """Rate and ETA reporter; updates at most every `interval` seconds.
+
+    Shown unless `quiet`, and only while the calling module's logger lets INFO through (the `tc` command: unless
+    --quiet; a library caller: once logging is configured at INFO), or when `always` (a caller asked for the bar,
+    as Student.encode(show_progress_bar=True)). On a terminal it redraws one line on stderr; elsewhere (a pipe, a
+    log file, a notebook) it writes a line each interval, at INFO through the logger (straight to stderr when
+    `always`)."""
 
     def __init__(self, label: str, total: int | None, unit: str = "rows", quiet: bool = False,
-                 start: int = 0, interval: float | None = None):
+                 start: int = 0, interval: float | None = None, always: bool = False):
         """Start counting `unit`s toward `total` (None when unknown), from `start` already done."""
-        self.label, self.total, self.unit, self.quiet = label, total, unit, quiet
+        self.logger = _caller_logger()
+        self.always = always
+        self.quiet = quiet or not (always or self.logger.isEnabledFor(logging.INFO))
+        self.label, self.total, self.unit = label, total, unit
         self.done, self.start_done = start, start
         self.counters: dict[str, float] = {}
         self.t0 = self.last = time.monotonic()
@@ -66,8 +110,11 @@ class Progress:
         if self.total and rate > 0:
             parts.append(f"ETA {format_seconds((self.total - self.done) / rate)}")
         line = "  ".join(parts)
-        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        sys.stderr.flush()
+        if self.tty or self.always:
+            sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+            sys.stderr.flush()
+        else:
+            self.logger.info(line)
 
     def close(self) -> None:
         """Print the final line."""

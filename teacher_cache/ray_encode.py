@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from teacher_cache.batching import resolve_precision
+from teacher_cache.batching import BatchEncoder, resolve_precision
 from teacher_cache.encode import EncodeRun, start_encode
 from teacher_cache.encode_config import EncodeConfig, RayOptions
-from teacher_cache.errors import CacheError
+from teacher_cache.errors import CacheError, first_line
 from teacher_cache.manifest import CacheManifest
 from teacher_cache.progress import Progress, log
 from teacher_cache.signals import sigterm_as_interrupt, take_sigterm
+from teacher_cache.teacher import load_teacher
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 MAX_RESTARTS = 3  # per actor; its queued shards are retried on the restarted actor
@@ -60,9 +61,6 @@ class ShardEncoder:
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # the Rust tokenizer's pool, before it starts
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if threads == 1 else "true")
         import torch
-
-        from teacher_cache.batching import BatchEncoder
-        from teacher_cache.teacher import load_teacher
 
         torch.set_num_threads(threads)
         self.error: str | None = None
@@ -110,8 +108,7 @@ def connect(ray, options: RayOptions, quiet: bool) -> bool:
         ray.init(address=options.address, include_dashboard=False, log_to_driver=not quiet,
                  logging_level=logging.ERROR, configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CacheError(f"--ray-address {options.address}: cannot connect to Ray ({first[:200]})") from None
+        raise CacheError(f"--ray-address {options.address}: cannot connect to Ray ({first_line(exc)})") from None
     return True
 
 
@@ -214,7 +211,7 @@ def start_workers(ray, run: EncodeRun, options: RayOptions, device: str) -> list
     for error in ray.get([a.ready.remote() for a in actors]):
         if error:
             raise CacheError(error)
-    log(f"ray: {n} worker(s) on {device}, {options.gpus_per_worker:g} GPU each", cfg.quiet)
+    log(f"ray: {n} worker(s) on {device}, {options.gpus_per_worker:g} GPU each")
     return actors
 
 
@@ -227,7 +224,7 @@ def drive(ray, run: EncodeRun, options: RayOptions, device: str) -> CacheManifes
         first = next(chunks, None)
         if first is not None:
             run.set_precision(ray.get(actors[0].resolve_precision.remote(first[1], cfg.quiet)))
-            log(f"precision: {run.precision} (resolved on worker 0, used by every worker)", cfg.quiet)
+            log(f"precision: {run.precision} (resolved on worker 0, used by every worker)")
             chunks = _prepend(first, chunks)
     progress = Progress("encode", None, quiet=cfg.quiet, start=run.done_rows)
     # Ray's ActorPool does the scheduling; each actor appears QUEUED_PER_WORKER times, so it always has its next

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from teacher_cache.errors import CacheError, CacheIntegrityError
+from teacher_cache.cache_files import file_problem
+from teacher_cache.errors import CacheError, CacheIntegrityError, first_line
 from teacher_cache.lock import holder
-from teacher_cache.manifest import CacheManifest
+from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
 from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
 
 
@@ -84,14 +85,11 @@ class TeacherCache:
         try:
             return load_file(str(path))["token_embeddings"].astype(np.float32)
         except Exception as exc:  # a truncated or foreign file: one line naming it
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CacheIntegrityError(f"{path}: unreadable ({first[:200]}); run `tc verify`") from None
+            raise CacheIntegrityError(f"{path}: unreadable ({first_line(exc)}); run `tc verify`") from None
 
     def token_outputs(self) -> np.ndarray | None:
         """The teacher's output vector for each vocabulary token (vocab x dim, float32), or None when not cached."""
         from safetensors.numpy import load_file
-
-        from teacher_cache.token_outputs import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY
 
         path = self.directory / TOKEN_OUTPUTS_FILE
         return load_file(str(path))[TOKEN_OUTPUTS_KEY].astype(np.float32) if path.exists() else None
@@ -191,8 +189,6 @@ class TeacherCache:
 
     def verify(self) -> list[str]:
         """Re-check every file (shards: checksum, rows, contiguous ids; the others: checksum); list the problems."""
-        from teacher_cache.cache_files import file_problem
-
         problems: list[str] = []
         expected_start = 0
         for index, info in enumerate(self.manifest.shards):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from teacher_cache.atomic import atomic_path, failure_reason
-from teacher_cache.errors import CacheError
+from teacher_cache.atomic import atomic_path
+from teacher_cache.errors import CacheError, reason
 
 FORMATS = ("arrow", "hdf5")
 SUFFIX = {"arrow": ".arrow", "hdf5": ".h5"}
@@ -73,7 +73,7 @@ class ShardWriter:
                     self._write_hdf5(tmp, rows)
                 checksum = sha256_file(tmp)
         except OSError as exc:
-            raise CacheError(f"{final}: cannot write shard ({failure_reason(exc)}); the partial shard was removed, "
+            raise CacheError(f"{final}: cannot write shard ({reason(exc)}); the partial shard was removed, "
                              "complete shards are kept: free space and rerun to resume") from None
         return final, checksum
 

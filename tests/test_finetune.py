@@ -237,7 +237,8 @@ def test_bad_input_is_one_line(student_dir, sst2_logits, tiny_cache, glue_dir, t
     (tmp_path / "zero.tsv").write_text("")
     one_line_error(capsys, *base, "--task", tmp_path / "zero.tsv", "--text-columns", "text", needle="empty file")
     for not_student, needle in ((tmp_path / "empty_dir", "not a student folder"),
-                                (tiny_cache, "a teacher cache, not a model"), (tmp_path / "nope/", "no such folder")):
+                                (tiny_cache, "a teacher cache, not a student folder"),
+                                (tmp_path / "nope/", "no such folder")):
         one_line_error(capsys, "finetune", "--model", not_student, "--task", "sst2", "--out", tmp_path / "o", *glue,
                        needle=needle)
     (tmp_path / "half").mkdir()
@@ -275,3 +276,17 @@ def test_own_regression_task_with_held_out_dev(student_dir, tmp_path, capsys):
     assert set(metrics["final"]["dev"]) == {"pearson", "spearman"}
     code, stdout, err = run_cli(capsys, "predict", "--model", out, "--input", train)
     assert code == 0 and len(stdout.splitlines()) == 61 and "pearson" in err
+
+
+def test_predict_reads_task_json_once(ft_teacher, glue_dir, capsys, monkeypatch):
+    """tc predict reads and checks task.json once and builds its task once: the loader takes what predict read."""
+    import finetune.task_json as task_json
+    from finetune.tasks import TaskSpec
+
+    checked, built = [], []
+    check, from_dict = task_json.check_task_json, TaskSpec.from_dict.__func__
+    monkeypatch.setattr(task_json, "check_task_json", lambda meta, path: checked.append(path) or check(meta, path))
+    monkeypatch.setattr(TaskSpec, "from_dict", classmethod(lambda cls, d: built.append(d) or from_dict(cls, d)))
+    code, _, err = run_cli(capsys, "predict", "--model", ft_teacher, "--input", glue_dir / "SST-2" / "dev.tsv")
+    assert code == 0, err
+    assert len(checked) == 1 and len(built) == 1

@@ -55,6 +55,18 @@ def test_an_os_error_naming_a_file_is_one_line(tmp_path, capsys, monkeypatch):
     one_line(code, err, f"{tmp_path / 'somewhere.bin'}: no space left on device")
 
 
+def test_every_cause_is_worded_by_reason_and_first_line():
+    from teacher_cache.errors import NO_SPACE, first_line, reason
+
+    assert reason(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x")) == NO_SPACE == "no space left on device"
+    assert reason(RuntimeError("[enforce fail at inline_container.cc:642] . PytorchStreamWriter failed writing "
+                               "file data/0: file write failed")) == NO_SPACE  # torch.save on a full disk
+    assert reason(PermissionError(errno.EACCES, "Permission denied", "/x")) == "Permission denied"
+    assert reason(ValueError("first line\nsecond")) == first_line(ValueError("\n first line\nsecond")) == "first line"
+    assert first_line(ValueError("  \n")) == "ValueError"
+    assert len(reason(ValueError("x" * 500))) == 200 and len(first_line(ValueError("x" * 500), 160)) == 160
+
+
 # ---- corpus files ---------------------------------------------------------------------------------------------
 
 

@@ -7,9 +7,13 @@ from typing import Annotated
 
 import typer
 
+from finetune.config import LogitsConfig
 from pipeline.options import build, options_from
 from teacher_cache.encode_config import EncodeConfig, RayOptions
 from teacher_cache.errors import UserError
+from teacher_cache.fingerprint import corpus_still_matches
+from teacher_cache.progress import log
+from teacher_cache.reader import open_cache
 
 
 @options_from(EncodeConfig, RayOptions)
@@ -54,14 +58,12 @@ def encode(
         manifest = encode_corpus(cfg)
     else:
         raise UserError(f"--engine {engine}: choose local or ray")
-    if not cfg.quiet:
-        typer.echo(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
-                   f"in {len(manifest.shards)} shard(s), precision {manifest.precision}", err=True)
+    log(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
+        f"in {len(manifest.shards)} shard(s), precision {manifest.precision}")  # --quiet: not shown
 
 
 def encode_logits(settings: dict) -> None:
     """`tc encode --logits`: `tc cache-logits` under encode's flag names (--teacher, --corpus: one file)."""
-    from finetune.config import LogitsConfig
     from finetune.teachers import cache_logits
 
     teacher, corpus = settings["teacher"], settings["corpus"]
@@ -74,9 +76,7 @@ def encode_logits(settings: dict) -> None:
                        device=settings["device"], force=settings["force"], quiet=settings["quiet"],
                        rows_file=corpus[0] if corpus else None)
     manifest = cache_logits(cfg)
-    if not cfg.quiet:
-        typer.echo(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})",
-                   err=True)
+    log(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})")
 
 
 def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
@@ -87,9 +87,6 @@ def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> 
 
     Example: tc verify out/
     """
-    from teacher_cache.fingerprint import corpus_still_matches
-    from teacher_cache.reader import open_cache
-
     cache = open_cache(directory, allow_partial=True)
     problems = cache.verify()
     corpus = None, ""
@@ -118,8 +115,6 @@ def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> No
 
     Example: tc info out/
     """
-    from teacher_cache.reader import open_cache
-
     cache = open_cache(directory, allow_partial=True, allow_writer=True)  # a cache being written shows its progress
     m = cache.manifest
     stats = cache.token_stats()

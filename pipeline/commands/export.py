@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.failures import check_out_folder
 from teacher_cache.errors import UserError
 
 
@@ -38,8 +39,6 @@ def export(
         raise UserError("--to: choose model2vec or onnx")
     if out is None:
         raise UserError("--out: name the folder to write")
-    from pipeline.failures import check_out_folder
-
     check_out_folder(out, {"--model": model})
     result = export_student(model, to, out, dtype=dtype, force=force)
     typer.echo(f"{result.out}: {result.format} ({result.dtype}), {result.bytes / 2**20:,.1f} MiB; cosine to the "

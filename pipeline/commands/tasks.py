@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,9 @@ from typing import Annotated
 import typer
 
 from finetune.config import FinetuneConfig, LogitsConfig
+from pipeline.failures import check_device, check_out_file, check_positive
 from pipeline.options import build, options_from
+from student.config import StudentConfig, read_config_json
 from teacher_cache.atomic import atomic_write
 from teacher_cache.errors import UserError
 from teacher_cache.progress import log
@@ -18,22 +19,20 @@ from teacher_cache.settings import comma_list
 
 
 def model_kind(name: str) -> str:
-    """'student' for a student folder, 'teacher' for a transformers folder or hub name; else a one-line error."""
+    """'student' for a student folder, 'teacher' for a transformers folder or hub name; else a one-line error.
+
+    A folder gets the checks of `StudentConfig.load` (the student's own loader), unless its config.json is a
+    transformers model's ('model_type', no 'arch')."""
     path = Path(name)
     if path.is_dir():
-        config = path / "config.json"
-        if (path / "manifest.json").exists():
-            raise UserError(f"--model {name}: a teacher cache, not a model; pass a student or transformers folder")
         try:
-            data = json.loads(config.read_text()) if config.exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"--model {name}: unreadable config.json") from None
-        if "arch" in data:
-            return "student"
-        if "model_type" in data:
-            return "teacher"
-        raise UserError(f"--model {name}: not a student folder (no config.json with 'arch') nor a transformers "
-                         "model folder")
+            data = read_config_json(path)
+            if isinstance(data, dict) and "model_type" in data and "arch" not in data:
+                return "teacher"
+            StudentConfig.from_json(data, path)
+        except UserError as exc:
+            raise UserError(f"--model {exc}") from None
+        return "student"
     if path.exists():
         raise UserError(f"--model {name}: is a file, not a model folder")
     if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1:
@@ -52,8 +51,6 @@ def finetune(**settings) -> None:
 
     Example: tc finetune --model student_out/ --task sst2 --out ft/ --kd-cache logits_cache/ --kd-alpha 0.5
     """
-    from pipeline.failures import check_device
-
     cfg = build(FinetuneConfig, settings)
     check_device(cfg.device)
     if model_kind(cfg.model) == "student":
@@ -103,25 +100,23 @@ def predict(
     """
     from finetune.metrics import compute_metrics, decode
     from finetune.task_data import load_inputs
-    from finetune.task_model import read_task_json
-    from finetune.tasks import TaskSpec
-    from pipeline.failures import check_device, check_out_file, check_positive
+    from finetune.task_json import read_task_json
 
     check_positive(batch_size, "--batch-size")
     check_device(device)
     check_out_file(out, input)  # before anything is read or written: an --out over the --input is refused
-    meta = read_task_json(model)
-    kind, spec = meta.get("kind"), TaskSpec.from_dict(meta["task"])
+    task = read_task_json(model)  # read and checked once; the loaders below take it as it is
+    spec = task.spec
     data = load_inputs(spec, input, comma_list(text_columns))
     started = time.perf_counter()
-    if kind == "student":
+    if task.kind == "student":
         from finetune.task_model import load_task_model
 
-        outputs = load_task_model(model, device)[0].predict(data, batch_size)
+        outputs = load_task_model(model, device, task)[0].predict(data, batch_size)
     else:
         from finetune.teachers import load_finetuned_teacher
 
-        outputs = load_finetuned_teacher(model, device)[0].predict(data, batch_size)[0]
+        outputs = load_finetuned_teacher(model, device, task)[0].predict(data, batch_size)[0]
     seconds = time.perf_counter() - started
     lines = ["index\tprediction"] + [f"{i}\t{p}" for i, p in enumerate(decode(spec, outputs))]
     if out is None:

@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 
 from pipeline.options import given, options_from
-from student.recipes import RECIPES
+from student.recipes import RECIPES, recipe_config
 from student.train_config import TrainConfig
 from teacher_cache.errors import UserError
+from teacher_cache.reader import open_cache
 
 # What a recipe sets is left unset on the command line, so that the recipe's value holds unless the option is given.
 RECIPE_KNOBS = {name: "the recipe's" for name in ("arch", "epochs", "batch_size", "lr", "emb_lr", "init_embeddings",
@@ -40,7 +41,6 @@ def train_student(
     Example: tc train-student --shards out/ --out student_out/ --recipe static --epochs 3
     """
     from student import distributed
-    from student.recipes import recipe_config
     from student.train import train
 
     options = given(TrainConfig, settings)
@@ -90,7 +90,6 @@ def check_before_launch(cfg, nproc: int) -> None:
     import torch
 
     from student.checkpoint import check_output
-    from teacher_cache.reader import open_cache
 
     cfg.validate()
     open_cache(cfg.shards).check()

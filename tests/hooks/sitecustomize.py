@@ -4,6 +4,8 @@ in the shipped code.
 
 - TC_DDP_TRACE_IDS=<folder>: each training rank appends the cache ids of every batch it trains on, one batch a
   line, to <folder>/rank-<r>.txt.
+- TC_DDP_NAN_AT=<rank>:<step>: that training rank's step <step> (1-based) returns a NaN loss, as if it alone had
+  diverged (tests/test_diverged.py: the ranks must agree to stop).
 - TC_RAY_CRASH_ONCE=<file>: when that file holds '<marker file>:<shard index>', the Ray worker that starts that
   shard exits (os._exit) the first time, leaving the marker file; Ray restarts it and retries the shard.
 """
@@ -32,6 +34,21 @@ def trace_training_ids(folder: str) -> None:
     train.train_step = traced
 
 
+def nan_loss_at(control: str) -> None:
+    """Wrap student.train.train_step so that rank <rank> of `control` ('<rank>:<step>') returns NaN at <step>."""
+    import student.train as train
+
+    rank, at = (int(x) for x in control.split(":"))
+    step, seen = train.train_step, [0]
+
+    def poisoned(model, batch, *args, **kwargs):
+        loss = step(model, batch, *args, **kwargs)
+        seen[0] += 1
+        return loss * float("nan") if int(os.environ["RANK"]) == rank and seen[0] == at else loss
+
+    train.train_step = poisoned
+
+
 def crash_once(control: str) -> None:
     """Wrap ShardEncoder.encode so that the worker starting the shard named in `control` dies once."""
     from teacher_cache import ray_encode
@@ -52,5 +69,7 @@ def crash_once(control: str) -> None:
 
 if os.environ.get("TC_DDP_TRACE_IDS") and "RANK" in os.environ:
     trace_training_ids(os.environ["TC_DDP_TRACE_IDS"])
+if os.environ.get("TC_DDP_NAN_AT") and "RANK" in os.environ:
+    nan_loss_at(os.environ["TC_DDP_NAN_AT"])
 if os.environ.get("TC_RAY_CRASH_ONCE"):
     crash_once(os.environ["TC_RAY_CRASH_ONCE"])
