@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,15 +96,36 @@ def task_loss(outputs: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor |
     return loss
 
 
-def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: Callable[[np.ndarray], torch.Tensor],
-        predict: Callable[[TaskData], np.ndarray], info: dict, cosine_head: bool = False, span: float = 1.0,
-        lr_groups: list[tuple[list[torch.nn.Parameter], float]] | None = None,
-        blend: list[torch.nn.Parameter] | None = None) -> dict:
+@dataclass
+class Tuned:
+    """What fit() trains: the module, how it scores training rows and predicts a split, and what it reports."""
+
+    module: torch.nn.Module
+    forward: Callable[[np.ndarray], torch.Tensor]  # training row indices -> outputs (logits or scores)
+    predict: Callable[[TaskData], np.ndarray]  # a split -> its predictions
+    info: dict  # what metrics.json says about the model
+    cosine_head: bool = False  # scores are cosines: zero-shot epoch 0, CoSENT with --similarity-loss cosent
+    span: float = 1.0  # the head's score range (scores are divided by it)
+    lr_groups: list[tuple[list[torch.nn.Parameter], float]] | None = None  # own peak rates (default: all at lr)
+    blend: list[torch.nn.Parameter] | None = None  # WiSE-FT these (with a selection split), a in BLEND_WEIGHTS
+
+
+Best = tuple[float, int, dict]  # (score, epoch, weights) of the best epoch so far
+
+
+def keep_best(best: Best | None, score: float, epoch: int, module: torch.nn.Module) -> Best | None:
+    """`best`, or this epoch (with a copy of its weights) when it scores higher: the first of equals is kept."""
+    if best is not None and not score > best[0]:  # (a NaN score never displaces a kept epoch)
+        return best
+    return score, epoch, {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
     """The loop: shuffled batches, AdamW with warm-up and linear decay, metrics of every evaluation split into
     metrics.json per epoch (and before the first with a cosine head: the encoder's zero-shot score); with
-    --select dev|holdout the best epoch's weights (by the task's first metric on that split) are restored.
-    `lr_groups` gives parameters their own peak rates (default: all at cfg.lr). `blend` (with a selection split):
-    these parameters end as the best of (1 - a) * start + a * kept on that split, a in BLEND_WEIGHTS."""
+    --select dev|holdout the best epoch's weights (by the task's first metric on that split) are restored."""
+    module, forward, predict, info = tuned.module, tuned.forward, tuned.predict, tuned.info
+    cosine_head, span, lr_groups, blend = tuned.cosine_head, tuned.span, tuned.lr_groups, tuned.blend
     spec, train = prep.spec, prep.train
     params = [p for p in module.parameters() if p.requires_grad]
     by_lr = lr_groups or [(params, cfg.lr)]
@@ -121,7 +143,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
                "transfer_rows": prep.transfer_rows, "eval_rows": {k: len(v) for k, v in prep.evals.items()},
                "select": cfg.select, "loss": ("cosent" if cosent else "mse on the cosine") if cosine_head else None,
                "kd": {"cache": cfg.kd_cache, "alpha": cfg.kd_alpha} if cfg.kd_cache else None, "history": []}
-    best: tuple[float, int, dict] | None = None  # (score, epoch, weights) of the best epoch so far
+    best: Best | None = None
     rates = [("--lr", cfg.lr)] + ([("--encoder-lr", cfg.encoder_lr)] if lr_groups and cfg.encoder_lr else [])
 
     def stop_diverged(epoch: int, step: int, what: str) -> None:
@@ -137,9 +159,8 @@ def fit(cfg: FinetuneConfig, prep: Prepared, module: torch.nn.Module, forward: C
         scores = {split: compute_metrics(spec, predicted[split], data.labels) for split, data in prep.evals.items()}
         loss = {"train_loss": round(float(np.mean(losses)), 6)} if losses else {}
         metrics["history"].append({"epoch": epoch, **loss, **scores})
-        if by is not None and (best is None or scores[by][spec.metrics[0]] > best[0]):
-            best = (scores[by][spec.metrics[0]], epoch,
-                    {k: v.detach().clone() for k, v in module.state_dict().items()})
+        if by is not None:
+            best = keep_best(best, scores[by][spec.metrics[0]], epoch, module)
         chosen = epoch if best is None else best[1]
         kept = next(h for h in metrics["history"] if h["epoch"] == chosen)
         metrics.update(final={split: kept[split] for split in prep.evals}, selected_epoch=chosen, epochs_done=epoch,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from finetune.config import FinetuneConfig
-from finetune.fit import check_out, clear_out, fit, holding_out
+from finetune.fit import Tuned, check_out, clear_out, fit, holding_out
 from finetune.prepare import prepare
 from finetune.task_data import TaskData
 from finetune.task_model import StudentClassifier, TaskHead, head_kind, save_task_model
@@ -63,8 +63,8 @@ def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dic
             "freeze_encoder": cfg.freeze_encoder, "head": kind}
     groups = [(list(student.parameters()), cfg.encoder_lr or cfg.lr), (list(head.parameters()), cfg.lr)]
     blend = cfg.interpolate == "on" or (cfg.interpolate == "auto" and kind == "cosine")
-    metrics = fit(cfg, prep, model, forward, predict, info, cosine_head=kind == "cosine", span=head.span,
-                  lr_groups=groups, blend=list(student.parameters()) if blend else None)
+    metrics = fit(cfg, prep, Tuned(model, forward, predict, info, cosine_head=kind == "cosine", span=head.span,
+                                   lr_groups=groups, blend=list(student.parameters()) if blend else None))
     args = {k: v for k, v in asdict(cfg).items() if k not in ("force", "quiet", "online")}
     save_task_model(cfg.out, model, spec, args)
     return metrics

@@ -13,7 +13,7 @@ import torch
 
 from finetune.augment import AugmentConfig, augment_examples
 from finetune.config import FinetuneConfig, LogitsConfig
-from finetune.fit import check_out, clear_out, fit, holding_out
+from finetune.fit import Tuned, check_out, clear_out, fit, holding_out
 from finetune.prepare import prepare
 from finetune.task_data import TaskData, load_inputs, load_split
 from finetune.task_json import TaskJson, read_task_json
@@ -105,7 +105,7 @@ def finetune_teacher(cfg: FinetuneConfig) -> dict:
 
     info = {"kind": "teacher", "model": str(cfg.model), "parameters": int(model.num_parameters()),
             "freeze_encoder": cfg.freeze_encoder}
-    metrics = fit(cfg, prep, model, forward, lambda data: runner.predict(data, cfg.batch_size * 2)[0], info)
+    metrics = fit(cfg, prep, Tuned(model, forward, lambda data: runner.predict(data, cfg.batch_size * 2)[0], info))
     model.save_pretrained(cfg.out)
     tokenizer.save_pretrained(cfg.out)
     args = {k: v for k, v in asdict(cfg).items() if k not in ("force", "quiet", "online")}

@@ -6,9 +6,6 @@ dev/train and the validation split, never on STS-B test.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
-from student.train_config import TrainConfig
 from teacher_cache.errors import UserError
 
 RECIPES: dict[str, dict] = {
@@ -26,19 +23,31 @@ RECIPES: dict[str, dict] = {
               "lr": 1e-3, "epochs": 3, "batch_size": 128},
 }
 DEFAULT_RECIPE = "static"
+# Every knob some recipe sets: TrainConfig leaves these None ("the recipe's") so that a value the caller gives,
+# even one equal to a default, is told apart from one the recipe should fill.
+RECIPE_KNOBS = tuple(dict.fromkeys(k for recipe in RECIPES.values() for k in recipe))
+# A recipe knob's value when neither the recipe nor the caller sets it (recipe None, or a knob of the recipe's own
+# architecture dropped for another one); None: derived from the architecture or the run.
+BARE = {"arch": "bilstm", "emb_dim": None, "hidden": None, "kernel_sizes": None, "init_embeddings": "teacher",
+        "token_weights": False, "static_path": False, "loss": "mse", "lr": 1e-3, "emb_lr": None, "epochs": 3,
+        "batch_size": 128}
+# The knobs that size or start one architecture: another --arch drops the recipe's values of these.
+ARCH_KNOBS = ("emb_dim", "hidden", "init_embeddings", "token_weights", "static_path", "kernel_sizes")
 
 
-def recipe_config(name: str | None, **overrides) -> TrainConfig:
-    """TrainConfig of recipe `name` (default DEFAULT_RECIPE) with the given knobs (None values ignored) on top."""
-    name = name or DEFAULT_RECIPE
-    if name not in RECIPES:
+def apply_recipe(name: str | None, given: dict) -> dict:
+    """Every recipe knob's value: the given one (not None), else recipe `name`'s (None: no recipe), else BARE's."""
+    if name is not None and name not in RECIPES:
         raise UserError(f"--recipe {name}: unknown recipe; choose one of {', '.join(RECIPES)}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
-    chosen = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
-    if chosen.get("arch") != RECIPES[name]["arch"]:  # another architecture: its own defaults, not the recipe's sizes
-        recipe_only = ("emb_dim", "hidden", "init_embeddings", "token_weights", "static_path", "kernel_sizes")
-        chosen = {k: v for k, v in chosen.items() if overrides.get(k) is not None or k not in recipe_only}
-    return TrainConfig(**chosen, recipe=name)
+    recipe = RECIPES.get(name, {})
+    arch = given.get("arch") or recipe.get("arch") or BARE["arch"]
+    if arch != recipe.get("arch", arch):  # another architecture: its own defaults, not the recipe's sizes
+        recipe = {k: v for k, v in recipe.items() if k not in ARCH_KNOBS}
+    return {k: given[k] if given.get(k) is not None else recipe.get(k, BARE[k]) for k in RECIPE_KNOBS}
+
+
+def recipe_config(name: str | None, **overrides):
+    """TrainConfig of recipe `name` (default DEFAULT_RECIPE) with the given knobs (None values ignored) on top."""
+    from student.train_config import TrainConfig  # (train_config imports this module to apply the recipe)
+
+    return TrainConfig(recipe=name or DEFAULT_RECIPE, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,10 +1,12 @@
 """The settings of a distillation run (`tc train-student`), each declared once: its options are built from these
-fields (teacher_cache/settings.py). A recipe (student/recipes.py) fills some of them first."""
+fields (teacher_cache/settings.py). The recipe (student/recipes.py, default static) fills those left None when
+the config is made, so the CLI and a library caller get the same run."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from student.recipes import RECIPE_KNOBS, apply_recipe
 from teacher_cache.errors import UserError
 from teacher_cache.settings import (
     EPOCHS,
@@ -35,11 +37,13 @@ def parse_loss(spec: str) -> list[str]:
 
 @dataclass
 class TrainConfig(Checked):
-    """Every training knob. None means: derive it (from the architecture, the cache or the run length)."""
+    """Every training knob. None means: derive it (from the architecture, the cache or the run length); a recipe knob
+    left None takes the recipe's value when the config is made."""
 
-    recipe: str | None = setting(None, "A measured recipe to start from: static (default; ~35x the teacher's "
-                                       "speed), compact or paper (the paper's BiLSTM); student/recipes.py. Every "
-                                       "other option overrides it.")
+    # (recipe=None, from Python: no recipe, the knobs it would fill take student/recipes.py BARE)
+    recipe: str | None = setting("static", "A measured recipe to start from: static (default; ~35x the teacher's "
+                                           "speed), compact or paper (the paper's BiLSTM); student/recipes.py. "
+                                           "Every other option overrides it.")
     # data
     shards: str = setting("out", "Cache folder written by `tc encode`.")
     out: str = setting("student_out", "Student folder to write (created; refused when it holds other things, "
@@ -52,7 +56,7 @@ class TrainConfig(Checked):
     pool_batches: int = setting(50, "Batches' worth of rows sorted together by length.", check=count(1))
     num_workers: int = setting(0, "DataLoader worker processes (each reads its own shards).", check=count(0, 256))
     # model
-    arch: str = setting("bilstm", "bilstm (the paper's), cnn or static (model2vec-like).")
+    arch: str | None = setting(None, "bilstm (the paper's), cnn or static (model2vec-like).")
     emb_dim: int | None = setting(None, "Embedding width (bilstm, cnn 300; static 256).", check=count(1, 65_536))
     hidden: int | None = setting(None, "LSTM units per direction (512) or CNN channels per width (256).",
                                  check=count(1, 65_536))
@@ -61,19 +65,19 @@ class TrainConfig(Checked):
     dropout: float = setting(0.0, "Dropout in the encoder.", check=probability)
     max_length: int | None = setting(None, "Truncate sentences to N word-pieces (default: the cache's).",
                                      check=count(2, 1_000_000))
-    init_embeddings: str = setting("teacher", "teacher (the cache's token embeddings, PCA-projected), outputs "
-                                              "(the teacher's output for each token) or random.")
-    token_weights: bool = setting(False, "Static (or cnn with --static-path): learn a weight per token, "
-                                         "SIF-initialised.")
+    init_embeddings: str | None = setting(None, "teacher (the cache's token embeddings, PCA-projected), outputs "
+                                                "(the teacher's output for each token) or random.")
+    token_weights: bool | None = setting(None, "Static (or cnn with --static-path): learn a weight per token, "
+                                               "SIF-initialised.")
     kernel_sizes: list[int] | None = setting(None, "CNN: comma-separated odd convolution widths (3,5,7).",
                                              parse=int_list)
-    static_path: bool = setting(False, "CNN: add a static student's path beside the convolutions (started from "
-                                       "the token outputs).")
+    static_path: bool | None = setting(None, "CNN: add a static student's path beside the convolutions "
+                                             "(started from the token outputs).")
     sif: float = setting(1e-3, "SIF's a in a/(a+p(token)) for the initial token weights (0: none).", check=non_negative)
     # optimisation
-    epochs: int = setting(3, "Passes over the training rows.", check=EPOCHS)
-    batch_size: int = setting(128, "Sentences per step (per process with --nproc).", check=count(1))
-    lr: float = setting(1e-3, "Peak learning rate (warm-up, then --decay).", check=positive)
+    epochs: int | None = setting(None, "Passes over the training rows.", check=EPOCHS)
+    batch_size: int | None = setting(None, "Sentences per step (per process with --nproc).", check=count(1))
+    lr: float | None = setting(None, "Peak learning rate (warm-up, then --decay).", check=positive)
     emb_lr: float | None = setting(None, "Peak learning rate of the token embeddings and weights (unset: --lr).",
                                    check=positive)
     min_lr_ratio: float = setting(0.1, "The decay ends at lr * this.", check=fraction)
@@ -84,8 +88,8 @@ class TrainConfig(Checked):
                                   check=non_negative)
     grad_clip: float = setting(1.0, "Clip the gradient norm to this (0: off).", check=non_negative)
     sparse_embeddings: str = setting("auto", "yes: sparse embedding gradients and SparseAdam; auto: yes on CPU.")
-    loss: str = setting("mse", "mse (the paper's), cosine, contrastive (in-batch InfoNCE) or relational (in-batch "
-                               "similarity KL); join several with '+'.")
+    loss: str | None = setting(None, "mse (the paper's), cosine, contrastive (in-batch InfoNCE) or relational "
+                                     "(in-batch similarity KL); join several with '+'.")
     temperature: float = setting(0.05, "Temperature of the contrastive and relational losses.", check=positive)
     # run
     seed: int = setting(0, "Seed for the initialisation and the data order.", check=SEED)
@@ -101,6 +105,14 @@ class TrainConfig(Checked):
     force: bool = setting(False, "Start over in an --out that holds an earlier run or other files (only this "
                                  "command's own files are replaced).")
     quiet: bool = setting(False, "No progress on stderr.")
+
+    def __post_init__(self) -> None:
+        """Fill the knobs left None from the recipe (one place, for `tc train-student` and `train(TrainConfig())`
+        alike), then check every number."""
+        given = {k: getattr(self, k) for k in RECIPE_KNOBS}
+        for name, value in apply_recipe(self.recipe, given).items():
+            setattr(self, name, value)
+        super().__post_init__()
 
     def validate(self) -> None:
         """Raise a one-line UserError naming the first bad flag."""

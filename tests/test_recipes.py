@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from student import Student, StudentConfig
 from student.init import init_from_outputs, sif_weights, token_frequencies
 from student.losses import loss_fn, parse_loss
-from student.recipes import RECIPES, recipe_config
+from student.recipes import RECIPE_KNOBS, RECIPES, recipe_config
 from student.train import TrainConfig, train
 from teacher_cache import open_cache
 from teacher_cache.errors import CacheError
@@ -201,3 +202,20 @@ def _forget_token_outputs(cache_dir) -> None:
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     manifest.get("files", {}).pop("token_outputs.safetensors", None)
     (cache_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_library_default_is_the_cli_default(tiny_cache, tmp_path, capsys):
+    """train(TrainConfig(...)) and `tc train-student` with the same options train the same student (one default)."""
+    small = {"epochs": 1, "val_rows": 30, "emb_dim": 16, "batch_size": 32, "checkpoint_every": 0, "quiet": True}
+    train(TrainConfig(shards=str(tiny_cache), out=str(tmp_path / "lib"), **small))
+    flags = [x for k, v in small.items() if k != "quiet" for x in (f"--{k.replace('_', '-')}", v)]
+    code, _, err = run_cli(capsys, "train-student", "--shards", tiny_cache, "--out", tmp_path / "cli", *flags,
+                           "--quiet")
+    assert code == 0, err
+    lib, cli = (json.loads((tmp_path / d / "training_args.json").read_text()) for d in ("lib", "cli"))
+    for args in (lib, cli):
+        args.pop("out"), args.pop("created", None)
+    assert lib == cli and lib["recipe"] == "static" and lib["arch"] == "static"
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("lib", "cli"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(TrainConfig.__dataclass_fields__[k].default is None for k in RECIPE_KNOBS)  # the recipe fills them

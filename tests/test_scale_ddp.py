@@ -70,7 +70,8 @@ def test_ranks_see_disjoint_rows_covering_the_training_rows(ddp_run):
 def test_two_ranks_train_as_well_as_one(ddp_run, tiny_cache, tmp_path):
     two = json.loads((ddp_run / "student" / "metrics.json").read_text())
     one = train(TrainConfig(shards=str(tiny_cache), out=str(tmp_path / "one"), emb_dim=16, hidden=16, epochs=2,
-                            lr=1e-2, val_rows=30, checkpoint_every=0, eval_every=7, quiet=True, batch_size=16))
+                            lr=1e-2, val_rows=30, checkpoint_every=0, eval_every=7, quiet=True, batch_size=16,
+                            recipe="paper"))
     assert two["steps"] == one["steps"] == 2 * STEPS_PER_EPOCH and two["rows_seen"] == one["rows_seen"] == 540
     assert two["final"]["val_mse"] < 0.5 * two["initial"]["val_mse"]
     assert two["final"]["val_mse"] == pytest.approx(one["final"]["val_mse"], rel=0.2)

@@ -163,7 +163,7 @@ def test_sigkill_and_ctrl_c_then_resume_match_an_uninterrupted_run(tiny_cache, t
 
     whole = tmp_path / "whole"
     train(TrainConfig(shards=str(tiny_cache), out=str(whole), emb_dim=16, hidden=16, batch_size=16, lr=0.01,
-                      val_rows=30, epochs=15, quiet=True))
+                      val_rows=30, epochs=15, quiet=True, recipe="paper"))
     a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

@@ -10,19 +10,15 @@ from typing import Annotated
 
 import typer
 
-from pipeline.options import given, options_from
-from student.recipes import RECIPES, recipe_config
+from pipeline.options import build, options_from
+from student.recipes import RECIPE_KNOBS
 from student.train_config import TrainConfig
 from teacher_cache.errors import UserError
 from teacher_cache.reader import open_cache
 
+
 # What a recipe sets is left unset on the command line, so that the recipe's value holds unless the option is given.
-RECIPE_KNOBS = {name: "the recipe's" for name in ("arch", "epochs", "batch_size", "lr", "emb_lr", "init_embeddings",
-                                                  "token_weights", "static_path", "kernel_sizes", "sif", "loss",
-                                                  "emb_dim", "hidden", *(k for r in RECIPES.values() for k in r))}
-
-
-@options_from(TrainConfig, unset=RECIPE_KNOBS)
+@options_from(TrainConfig, unset=dict.fromkeys(RECIPE_KNOBS, "the recipe's"))
 def train_student(
     ctx: typer.Context,
     nproc: Annotated[int, typer.Option(help="Train on N local processes with DistributedDataParallel: re-runs "
@@ -43,8 +39,7 @@ def train_student(
     from student import distributed
     from student.train import train
 
-    options = given(TrainConfig, settings)
-    cfg = recipe_config(options.pop("recipe", None), **options)
+    cfg = build(TrainConfig, settings)  # the recipe is applied as the config is made, as for train(TrainConfig())
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: must be at least 1")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: check, then re-launch
