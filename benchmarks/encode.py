@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    from teacher_cache.teacher import default_teacher_path
+    from teacher_cache.encode.teacher import default_teacher_path
 
     teacher = default_teacher_path()
     tmp = Path(tempfile.mkdtemp(prefix="bench-encode-"))

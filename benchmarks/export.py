@@ -72,8 +72,8 @@ def main() -> None:
 
     from pipeline.sts import load_task, sts_spearman
     from student import OnnxStudent, Student
-    from student.export import export_student, min_cosine
-    from teacher_cache.bundled import bundled_data
+    from student.export.run import export_student, min_cosine
+    from teacher_cache.base.bundled import bundled_data
 
     torch.set_num_threads(args.threads)
     students = args.students or find_students(ROOT / "benchmarks" / "work" / "students")

@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.full and args.max_train_rows is not None:
         p.error("--full uses every training row; drop --max-train-rows")
     if args.teacher is None:
-        from teacher_cache.teacher import default_teacher_path
+        from teacher_cache.encode.teacher import default_teacher_path
 
         args.teacher = str(default_teacher_path())
     return args

@@ -32,7 +32,7 @@ from pathlib import Path
 from benchmarks.common import ROOT
 from benchmarks.teachers import MPNET, assemble_mpnet, is_assembled
 
-CHECKPOINT = Path("checkpoint") / "checkpoint.pt"  # student.checkpoint.checkpoint_file, without importing torch
+CHECKPOINT = Path("checkpoint") / "checkpoint.pt"  # student.training.checkpoint.checkpoint_file, without torch
 
 
 def say(message: str) -> None:

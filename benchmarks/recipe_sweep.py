@@ -1,4 +1,4 @@
-"""The sweep behind student/recipes.py: train variants on one cache, score them on what we may tune on.
+"""The sweep behind student/training/recipes.py: train variants on one cache, score them on what we may tune on.
 
 Usage: .venv/bin/python -m benchmarks.recipe_sweep [--cache benchmarks/work/cache100k] [--only NAME ...] [--table]
 Each variant trains one epoch (unless it says otherwise) and is scored on STS-B dev and STS-B train (labelled
@@ -47,7 +47,7 @@ def run_variant(name: str, cache: str) -> dict:
     """Train one variant into benchmarks/work/sweep/NAME and score it; append its row."""
     from pipeline.sts import load_task, read_stsbenchmark, sts_spearman
     from student import Student
-    from student.train import TrainConfig, train
+    from student.training.train import TrainConfig, train
 
     out = f"benchmarks/work/sweep/{name}"
     started = time.perf_counter()

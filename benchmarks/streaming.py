@@ -63,8 +63,8 @@ def make_cache(source: Path, target: Path, rows: int) -> Path:
 def worker(cache_dir: str, mode: str, steps: int, arch: str, batch_size: int) -> None:
     """Train `steps` batches from the stream or from arrays held in memory; print rows/s as JSON."""
     from student import Student, StudentConfig
-    from student.data import StreamingCacheDataset, read_rows
-    from student.train import TrainConfig, make_optimizers, train_step
+    from student.training.data import StreamingCacheDataset, read_rows
+    from student.training.train import TrainConfig, make_optimizers, train_step
     from teacher_cache import open_cache
 
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def worker(cache_dir: str, mode: str, steps: int, arch: str, batch_size: int) ->
                     yield dataset.collate([(int(r), texts[r], vectors[r], 0) for r in cut[b]])
 
         batches = memory_batches()
-    student.train()
+    student.training.train()
     rows, start = 0, time.perf_counter()
     for _ in range(steps):
         batch = next(batches)

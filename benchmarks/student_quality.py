@@ -70,7 +70,7 @@ def goal_check(recipe: str | None, row: dict, teacher: dict) -> str:
 
 def teacher_label(path: str) -> str:
     """A readable teacher name: the bundled default's model name, else the folder (or hub) name."""
-    from teacher_cache.teacher import default_teacher_path
+    from teacher_cache.encode.teacher import default_teacher_path
 
     if Path(path).resolve() == Path(default_teacher_path()).resolve():
         return "all-MiniLM-L6-v2"
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--no-model2vec", action="store_true")
     args = parser.parse_args()
     from student import Student
-    from teacher_cache.batching import teacher_encoder
+    from teacher_cache.encode.batching import teacher_encoder
 
     cache = open_cache(args.probe_cache)
     texts, teacher_vecs = cache.texts(), cache.vectors()

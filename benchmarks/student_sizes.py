@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     from student import Student, StudentConfig
-    from teacher_cache.batching import teacher_encoder
+    from teacher_cache.encode.batching import teacher_encoder
 
     cache = open_cache(args.cache)
     texts = cache.texts()[:args.sentences]

@@ -1,12 +1,12 @@
 """The settings of `tc finetune` (FinetuneConfig) and `tc cache-logits` (LogitsConfig), each declared once: the
-command-line options are built from these fields (teacher_cache/settings.py)."""
+command-line options are built from these fields (teacher_cache/base/settings.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from teacher_cache.errors import UserError
-from teacher_cache.settings import (
+from teacher_cache.base.errors import UserError
+from teacher_cache.base.settings import (
     EPOCHS,
     SEED,
     Checked,

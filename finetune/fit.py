@@ -24,12 +24,12 @@ from finetune.metrics import compute_metrics
 from finetune.prepare import Prepared
 from finetune.task_data import TaskData
 from finetune.task_model import HEAD_NAME, TASK_JSON
-from student.checkpoint import clear_output, not_empty, refuse_unsafe_out
-from student.optim import adamw, all_finite, clip_gradients, diverged, lr_factor, param_groups
 from student.tokenizer import TOKENIZER_FILES
-from teacher_cache.atomic import atomic_write
-from teacher_cache.lock import LOCK_NAME, FolderLock
-from teacher_cache.progress import log
+from student.training.checkpoint import clear_output, not_empty, refuse_unsafe_out
+from student.training.optim import adamw, all_finite, clip_gradients, diverged, lr_factor, param_groups
+from teacher_cache.base.atomic import atomic_write
+from teacher_cache.base.lock import LOCK_NAME, FolderLock
+from teacher_cache.base.progress import log
 
 # What a fine-tuning run writes into --out (student or transformers teacher); --force replaces these only.
 OWN_FILES = (TASK_JSON, HEAD_NAME, "metrics.json", "config.json", "model.safetensors", "generation_config.json",

@@ -12,7 +12,7 @@ import numpy as np
 from finetune.config import FinetuneConfig
 from finetune.task_data import TaskData, load_split
 from finetune.tasks import TaskSpec, resolve_data_dir, resolve_task
-from teacher_cache.errors import CacheError, UserError
+from teacher_cache.base.errors import CacheError, UserError
 from teacher_cache.reader import open_cache
 
 

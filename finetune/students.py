@@ -13,7 +13,7 @@ from finetune.prepare import prepare
 from finetune.task_data import TaskData
 from finetune.task_model import StudentClassifier, TaskHead, head_kind, save_task_model
 from student.student import Student, load_student_folder
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 
 
 @holding_out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.tasks import Layout, RawRow, TaskSpec, read_raw
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 
 # `read_raw` reads data_dir / layout.file: "." leaves an --input path as given, relative to the current folder or
 # absolute ("/" turned SST-2/test.tsv into /SST-2/test.tsv: not found, or worse another file).

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.tasks import TaskSpec
-from teacher_cache.errors import UserError, first_line
-from teacher_cache.safe_paths import a_type, shown
+from teacher_cache.base.errors import UserError, first_line
+from teacher_cache.base.safe_paths import a_type, shown
 
 TASK_JSON = "task.json"
 KINDS = ("student", "teacher")

@@ -20,8 +20,8 @@ from finetune.task_data import TaskData
 from finetune.task_json import TASK_JSON, TaskJson, read_task_json
 from finetune.tasks import TaskSpec
 from student.student import Student
-from teacher_cache.atomic import atomic_path, atomic_write
-from teacher_cache.errors import UserError, first_line
+from teacher_cache.base.atomic import atomic_path, atomic_write
+from teacher_cache.base.errors import UserError, first_line
 
 HEAD_NAME = "head.safetensors"
 FEATURES = "[u, v, |u-v|, u*v]"

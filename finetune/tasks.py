@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 
 GLUE_DIR_ENV = "TC_GLUE_DIR"  # the GLUE folder when --data-dir is not given
 Column = str | int  # a header name, or a 0-based position in a file without header

@@ -19,10 +19,10 @@ from finetune.task_data import TaskData, load_inputs, load_split
 from finetune.task_json import TaskJson, read_task_json
 from finetune.task_model import write_task_json
 from finetune.tasks import TaskSpec, resolve_data_dir, resolve_task
-from teacher_cache.errors import UserError, first_line
-from teacher_cache.logits import logits_manifest, model_hash, write_logits_cache
+from teacher_cache.base.errors import UserError, first_line
+from teacher_cache.encode.logits import logits_manifest, model_hash, write_logits_cache
+from teacher_cache.encode.teacher import go_offline
 from teacher_cache.manifest import CacheManifest
-from teacher_cache.teacher import go_offline
 
 
 def load_classifier(name: str, n_out: int | None = None, online: bool = False):

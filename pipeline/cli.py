@@ -9,9 +9,10 @@ import sys
 import typer
 
 from pipeline import failures
-from pipeline.commands import cache, evaluate, export, tasks, train
+from pipeline.commands import cache, evaluate, export, train
+from pipeline.commands import finetune as finetune_commands
 from pipeline.logs import cli_logging
-from teacher_cache.errors import Terminated, UserError, printable
+from teacher_cache.base.errors import Terminated, UserError, printable
 
 COMMANDS = [
     ("encode", cache.encode),
@@ -21,9 +22,9 @@ COMMANDS = [
     ("probe", evaluate.probe),
     ("eval", evaluate.eval_),
     ("demo", evaluate.demo),
-    ("finetune", tasks.finetune),
-    ("cache-logits", tasks.cache_logits),
-    ("predict", tasks.predict),
+    ("finetune", finetune_commands.finetune),
+    ("cache-logits", finetune_commands.cache_logits),
+    ("predict", finetune_commands.predict),
     ("export", export.export),
 ]
 
@@ -105,7 +106,7 @@ def run() -> None:
         sys.stderr.flush()
         os._exit(code)
     if "RANK" in os.environ:  # a torchrun rank: leave without interpreter teardown, where gloo can abort
-        from student.distributed import exit_now
+        from student.training.distributed import exit_now
 
         exit_now(code)
     sys.exit(code)

@@ -1,12 +1,12 @@
 """The settings of `tc probe` (ProbeConfig) and `tc demo` (DemoConfig), each declared once: the command-line
-options are built from these fields (teacher_cache/settings.py)."""
+options are built from these fields (teacher_cache/base/settings.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from teacher_cache.settings import EPOCHS, SEED, Checked, count, positive, setting
+from teacher_cache.base.settings import EPOCHS, SEED, Checked, count, positive, setting
 
 
 @dataclass

@@ -9,12 +9,12 @@ from pipeline.config import DemoConfig, ProbeConfig
 from pipeline.probe import run_probe
 from pipeline.sts import load_task, sts_spearman
 from student import Student
-from student.recipes import recipe_config
-from student.train import train
-from teacher_cache.atomic import atomic_write
-from teacher_cache.batching import teacher_encoder
-from teacher_cache.encode import EncodeConfig, encode_corpus
-from teacher_cache.progress import log
+from student.training.recipes import recipe_config
+from student.training.train import train
+from teacher_cache.base.atomic import atomic_write
+from teacher_cache.base.progress import log
+from teacher_cache.encode.batching import teacher_encoder
+from teacher_cache.encode.run import EncodeConfig, encode_corpus
 
 
 def say(message: str) -> None:

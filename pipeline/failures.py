@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from teacher_cache.errors import UserError, printable, reason
+from teacher_cache.base.errors import UserError, printable, reason
 
 try:  # typer >= 0.20 vendors click; its exceptions are not click's (and it has no Exit or Abort)
     from typer._click import exceptions as click_exc
@@ -68,7 +68,7 @@ def internal_error(exc: BaseException) -> int:
 
 def check_device(name: str) -> None:
     """Refuse a --device that is not cpu/cuda, or cuda where there is none, in one line."""
-    from student.runtime import resolve_device
+    from student.training.runtime import resolve_device
 
     resolve_device(name)
 

@@ -1,6 +1,6 @@
 """The `tc` command's logging: while main() runs, a handler on the "tc" logger prints each message as is
 ("%(message)s") on stderr at INFO; a command's --quiet raises it to WARNING (data warnings still show). The library
-itself installs no handler (teacher_cache/progress.py)."""
+itself installs no handler (teacher_cache/base/progress.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Iterator
 
-from teacher_cache.progress import ROOT_LOGGER
+from teacher_cache.base.progress import ROOT_LOGGER
 
 
 class StderrHandler(logging.StreamHandler):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 # Exact search costs rows x queries, building HNSW costs rows: measured at 100k and 1M rows, a build (~4e-4 s per

@@ -1,7 +1,7 @@
 """`tc` options built from the settings dataclasses, so that each setting is declared once.
 
 A command takes its own few parameters (typer style) and `**settings`; `@options_from(Config, ...)` adds one option
-per field of each dataclass that was declared with `teacher_cache.settings.setting`: flag, type, default and help
+per field of each dataclass that was declared with `teacher_cache.base.settings.setting`: flag, type, default and help
 come from the field. `build(Config, settings)` then makes the dataclass from what was given (an option left out is
 None, which leaves the field's default) and checks each number's declared range. Fields listed in `unset` get no
 default on the command line either (a recipe fills them; their help says so).
@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pipeline.logs import set_quiet
-from teacher_cache.settings import Checked, check_settings, flag_of, is_setting
+from teacher_cache.base.settings import Checked, check_settings, flag_of, is_setting
 
 SCALARS = (str, int, float, bool, Path)
 

@@ -17,12 +17,12 @@ from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
 from student.student import load_student_folder
 from teacher_cache import open_cache
-from teacher_cache.atomic import fsync_file
-from teacher_cache.batching import teacher_encoder
-from teacher_cache.errors import NO_SPACE, CacheError, UserError, reason
-from teacher_cache.lock import FolderLock
-from teacher_cache.progress import format_seconds
-from teacher_cache.signals import sigterm_as_interrupt
+from teacher_cache.base.atomic import fsync_file
+from teacher_cache.base.errors import NO_SPACE, CacheError, UserError, reason
+from teacher_cache.base.lock import FolderLock
+from teacher_cache.base.progress import format_seconds
+from teacher_cache.base.signals import sigterm_as_interrupt
+from teacher_cache.encode.batching import teacher_encoder
 
 RECALL_DEPTHS = (10, 50, 100)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from teacher_cache.bundled import bundled_data
-from teacher_cache.errors import UserError
+from teacher_cache.base.bundled import bundled_data
+from teacher_cache.base.errors import UserError
 
 BUNDLED_STSB = bundled_data("stsbenchmark")
 TASKS = ("sts-b", "sts-b-dev", "sick-r", "sts12", "sts13", "sts14", "sts15", "sts16")

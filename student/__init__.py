@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 from student.config import StudentConfig
 
 if TYPE_CHECKING:
-    from student.onnx_student import OnnxStudent
+    from student.export.onnx_student import OnnxStudent
     from student.student import Student
 
 __all__ = ["OnnxStudent", "Student", "StudentConfig"]
-_LAZY = {"Student": "student.student", "OnnxStudent": "student.onnx_student"}
+_LAZY = {"Student": "student.student", "OnnxStudent": "student.export.onnx_student"}
 
 
 def __getattr__(name: str) -> Any:

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from teacher_cache.atomic import atomic_write
-from teacher_cache.errors import UserError, first_line
-from teacher_cache.safe_paths import a_type, shown
+from teacher_cache.base.atomic import atomic_write
+from teacher_cache.base.errors import UserError, first_line
+from teacher_cache.base.safe_paths import a_type, shown
 
 ARCHS = ("bilstm", "cnn", "static")
 POOLINGS = ("max", "mean")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from teacher_cache.atomic import atomic_write
-from teacher_cache.safe_paths import real_folder
+from teacher_cache.base.atomic import atomic_write
+from teacher_cache.base.safe_paths import real_folder
 
 MODULE_CLASS = "student.st_module.StudentSentenceEncoder"
 MODULES = [{"idx": 0, "name": "0", "path": "", "type": MODULE_CLASS}]

@@ -15,9 +15,9 @@ from student.models import build_encoder
 from student.st_config import write_sentence_transformers_files
 from student.static_encode import folded_static_matrix, static_sentence_vectors, supports_fast_path
 from student.tokenizer import WordPieceTokenizer, encode_inputs, read_tokenizer_files
-from teacher_cache.atomic import atomic_write
-from teacher_cache.errors import UserError, first_line
-from teacher_cache.progress import Progress
+from teacher_cache.base.atomic import atomic_write
+from teacher_cache.base.errors import UserError, first_line
+from teacher_cache.base.progress import Progress
 
 WEIGHTS_NAME = "model.safetensors"
 STATIC_CHUNK = 2048  # sentences tokenised and gathered at once by the static fast path

@@ -1,6 +1,6 @@
 """The teacher's word-piece tokenizer (the `tokenizers` library only), truncating and padding to tensors.
 
-Imports no torch until tensors are asked for, so the ONNX runtime (student.onnx_student) shares it.
+Imports no torch until tensors are asked for, so the ONNX runtime (student.export.onnx_student) shares it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Tokenizer
 
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 
 if TYPE_CHECKING:
     import torch

@@ -14,11 +14,11 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from teacher_cache.errors import CacheMismatchError, UserError, reason
-from teacher_cache.lock import LOCK_NAME
+from teacher_cache.base.errors import CacheMismatchError, UserError, reason
+from teacher_cache.base.lock import LOCK_NAME
+from teacher_cache.base.progress import warn
+from teacher_cache.base.safe_paths import name_problem, remove_file, remove_tree
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
-from teacher_cache.progress import warn
-from teacher_cache.safe_paths import name_problem, remove_file, remove_tree
 from teacher_cache.shards import sha256_file
 
 # Cache files by name, removed by a --force run (with every file the old manifest recorded).

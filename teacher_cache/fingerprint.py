@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from teacher_cache.errors import CorpusError, reason
+from teacher_cache.base.errors import CorpusError, reason
 
 FINGERPRINT_PREFIX = "v2:"  # a hash of every byte; the fingerprints of older caches have no prefix
 LEGACY_FINGERPRINT_NOTE = ("its corpus fingerprint (made by an older version) sees only the names, sizes and first and "

@@ -8,12 +8,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from teacher_cache.atomic import atomic_write
-from teacher_cache.errors import CacheError, first_line
-from teacher_cache.safe_paths import a_type, check_name, inside, name_problem, shown
+from teacher_cache.base.atomic import atomic_write
+from teacher_cache.base.errors import CacheError, first_line
+from teacher_cache.base.safe_paths import a_type, check_name, inside, name_problem, shown
 
 MANIFEST_NAME = "manifest.json"
-# The teacher's output for each vocabulary token (teacher_cache/token_outputs.py writes it; the reader reads it).
+# The teacher's output for each vocabulary token (teacher_cache/encode/token_outputs.py writes it; the reader reads it).
 TOKEN_OUTPUTS_FILE = "token_outputs.safetensors"
 TOKEN_OUTPUTS_KEY = "token_outputs"
 FORMAT_VERSION = 1

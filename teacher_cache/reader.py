@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_line
+from teacher_cache.base.lock import holder
 from teacher_cache.cache_files import file_problem
-from teacher_cache.errors import CacheError, CacheIntegrityError, first_line
-from teacher_cache.lock import holder
 from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
 from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from teacher_cache.atomic import atomic_path
-from teacher_cache.errors import CacheError, reason
+from teacher_cache.base.atomic import atomic_path
+from teacher_cache.base.errors import CacheError, reason
 
 FORMATS = ("arrow", "hdf5")
 SUFFIX = {"arrow": ".arrow", "hdf5": ".h5"}

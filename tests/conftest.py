@@ -77,7 +77,7 @@ def corpus_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory, teacher_dir, corpus_file) -> Path:
     """A complete 300-row cache (3 shards, mean and cls columns) made by the tiny teacher."""
-    from teacher_cache.encode import EncodeConfig, encode_corpus
+    from teacher_cache.encode.run import EncodeConfig, encode_corpus
 
     out = tmp_path_factory.mktemp("cache") / "out"
     encode_corpus(EncodeConfig(corpus=[str(corpus_file)], out=out, teacher=str(teacher_dir), pooling=["mean", "cls"],

@@ -16,9 +16,9 @@ import pytest
 
 from finetune.config import FinetuneConfig, LogitsConfig
 from pipeline.config import DemoConfig, ProbeConfig
-from student.train_config import TrainConfig
-from teacher_cache.encode_config import EncodeConfig, RayOptions
-from teacher_cache.errors import UserError
+from student.training.train_config import TrainConfig
+from teacher_cache.base.errors import UserError
+from teacher_cache.encode.config import EncodeConfig, RayOptions
 from tests.helpers import error_lines, one_line, run_cli
 
 INF, NAN = math.inf, math.nan
@@ -94,7 +94,7 @@ def test_validate_checks_a_value_set_after_the_settings_were_made():
 
 
 def test_the_defaults_and_the_recipes_pass_the_checks():
-    from student.recipes import RECIPES, recipe_config
+    from student.training.recipes import RECIPES, recipe_config
 
     for cls in (TrainConfig, FinetuneConfig, LogitsConfig, EncodeConfig, RayOptions, ProbeConfig, DemoConfig):
         cls()

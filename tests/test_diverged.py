@@ -1,7 +1,7 @@
 """A finite but absurd learning rate (--lr 1e30): training stops in one line at the first non-finite loss, exits
 non-zero, and writes no weights that are not finite (issue #21 follow-up).
 
---force clears this command's own files from --out before training starts (student/checkpoint.py clear_output,
+--force clears this command's own files from --out before training starts (student/training/checkpoint.py clear_output,
 finetune/fit.py clear_out), so a diverged --force run leaves the earlier model removed; what it guarantees is that
 nothing non-finite is written in its place.
 """
@@ -92,9 +92,9 @@ def test_train_student_keeps_the_last_finite_checkpoint(tiny_cache, tmp_path, ca
 
 def test_train_student_never_saves_non_finite_weights(tiny_cache, tmp_path, monkeypatch):
     """Weights that turn non-finite on a step whose loss was finite are caught before a checkpoint is written."""
-    import student.train as train_module
-    from student.train import TrainConfig, train
-    from teacher_cache.errors import UserError
+    import student.training.train as train_module
+    from student.training.train import TrainConfig, train
+    from teacher_cache.base.errors import UserError
 
     step = train_module.train_step
 

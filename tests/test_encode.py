@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from teacher_cache import open_cache
-from teacher_cache.encode import EncodeConfig, encode_corpus
+from teacher_cache.encode.run import EncodeConfig, encode_corpus
 from tests.helpers import run_cli
 
 
@@ -141,7 +141,7 @@ def test_real_teacher_matches_sentence_transformers(tmp_path, capsys):
 
 
 def test_a_cache_cut_at_max_rows_grows_into_the_fresh_full_cache(tmp_path, teacher_dir, corpus_file, tiny_cache):
-    from teacher_cache.errors import CacheMismatchError
+    from teacher_cache.base.errors import CacheMismatchError
     from tests.helpers import shard_digests
 
     grown, first = encode(tmp_path, teacher_dir, corpus_file, "grown", pooling=["mean"], shard_size=100,

@@ -307,8 +307,8 @@ def test_export_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, monke
 
 def test_an_interrupted_export_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import student.export as export_module
-    import student.export_formats as formats_module
+    import student.export.formats as formats_module
+    import student.export.run as export_module
 
     make_student("cnn", tmp_path / "s")
 
@@ -331,7 +331,7 @@ def test_an_interrupted_export_leaves_nothing_half_written(tmp_path, capsys, mon
 
 
 def test_the_card_shows_the_three_ways_to_load():
-    from student.card import model_card
+    from student.training.card import model_card
 
     args = {"arch": "static", "emb_dim": 16, "pooling": "mean", "target_column": "mean", "loss": "mse", "epochs": 1,
             "batch_size": 8, "lr": 0.01, "init_embeddings": "random", "out": "student_out"}
@@ -368,7 +368,7 @@ def test_hugging_face_datasets_reads_the_shards(tiny_cache, tmp_path):
 
 def test_bundled_data_is_found_and_every_file_ships_in_the_wheel():
     from pipeline.sts import BUNDLED_STSB
-    from teacher_cache.corpus import DEFAULT_CORPUS
+    from teacher_cache.encode.corpus import DEFAULT_CORPUS
 
     assert (BUNDLED_STSB / "sts-test.csv").exists() and DEFAULT_CORPUS.exists()
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+

@@ -23,7 +23,7 @@ from tests.test_export import make_student
 # goes to the file argv[1]), so that a test can race, signal or kill an export in the middle.
 PAUSED_EXPORT = """
 import pathlib, sys, time
-import student.export as export
+import student.export.run as export
 write, ready = export.write_onnx, pathlib.Path(sys.argv[1])
 def paused(student, folder, dtype):
     write(student, folder, dtype)
@@ -147,7 +147,7 @@ def test_a_killed_exports_temporary_folder_is_removed_by_the_next_run(stu, tmp_p
 
 
 def test_force_replaces_an_export_whole_with_or_without_renameat2(stu, tmp_path, capsys, monkeypatch):
-    import student.export as export_module
+    import student.export.run as export_module
 
     out = tmp_path / "o"
     for exchange_works in (True, False):
@@ -163,7 +163,7 @@ def test_force_replaces_an_export_whole_with_or_without_renameat2(stu, tmp_path,
 
 
 def test_a_full_disk_names_out_and_the_file_and_writes_nothing(stu, tmp_path, capsys, monkeypatch):
-    import student.export as export_module
+    import student.export.run as export_module
 
     def full(student, folder, dtype):
         (folder / "model.onnx").write_bytes(b"half")

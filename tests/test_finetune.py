@@ -19,7 +19,7 @@ from finetune.task_model import load_task_model
 from finetune.tasks import GLUE_DIR_ENV, TASKS
 from student import Student
 from teacher_cache import open_cache
-from teacher_cache.lock import LOCK_NAME, FolderLock
+from teacher_cache.base.lock import LOCK_NAME, FolderLock
 from tests.helpers import error_lines, run_cli
 
 SMALL = ["--max-train-rows", "120", "--max-eval-rows", "60", "--epochs", "1", "--quiet"]

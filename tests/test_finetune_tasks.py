@@ -11,7 +11,7 @@ import pytest
 from finetune.metrics import compute_metrics, decode
 from finetune.task_data import load_inputs, load_split
 from finetune.tasks import GLUE_DIR_ENV, TASKS, TaskSpec, resolve_data_dir, resolve_task
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 from tests.glue_fixtures import FIXTURE_COUNTS, UNLABELLED_TEST_ROWS, real_glue_dir
 
 REAL = real_glue_dir()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError
-from teacher_cache.lock import LOCK_NAME
+from teacher_cache.base.errors import CacheError
+from teacher_cache.base.lock import LOCK_NAME
 from tests.helpers import one_line, run_cli, shard_digests
 from tests.test_locks_and_force import checkpoint_step, spawn_training
 
@@ -104,8 +104,8 @@ def test_a_shard_corrupted_before_a_resume_is_not_kept(copy, tiny_cache, teacher
 
 
 def test_resume_refuses_a_cache_with_other_content(tiny_cache, teacher_dir, corpus_file, tmp_path, capsys):
-    from student.train import TrainConfig, train
-    from teacher_cache.encode import EncodeConfig, encode_corpus
+    from student.training.train import TrainConfig, train
+    from teacher_cache.encode.run import EncodeConfig, encode_corpus
 
     # the same corpus, teacher and settings, cut into shards of 50: other shards, so another data order
     other = tmp_path / "other"
@@ -123,7 +123,7 @@ def test_resume_refuses_a_cache_with_other_content(tiny_cache, teacher_dir, corp
 def test_full_disk_at_the_first_checkpoint_then_rerun_and_resume_agree(tiny_cache, tmp_path, capsys, monkeypatch):
     import torch
 
-    from student import checkpoint
+    from student.training import checkpoint
 
     real_save = torch.save
 
@@ -177,7 +177,7 @@ def test_a_partial_cache_says_it_may_still_be_being_written(copy, capsys):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match="being written, or an encode was interrupted"):
         open_cache(copy)
-    from teacher_cache.lock import FolderLock
+    from teacher_cache.base.lock import FolderLock
 
     with FolderLock(copy, "tc encode"):
         with pytest.raises(CacheError, match=rf"still being written \(by pid {os.getpid()} "):

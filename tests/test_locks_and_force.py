@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError
-from teacher_cache.lock import LOCK_NAME, FolderLock, holder
+from teacher_cache.base.errors import CacheError
+from teacher_cache.base.lock import LOCK_NAME, FolderLock, holder
 from tests.helpers import one_line, run_cli, shard_digests, tc_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_a_failed_force_run_keeps_the_old_cache(complete_copy, tmp_path, teacher
 
 def test_a_force_run_stopped_before_its_first_shard_keeps_the_old_cache(complete_copy, teacher_dir, corpus_file,
                                                                          capsys, monkeypatch):
-    from teacher_cache import encode
+    from teacher_cache.encode import run as encode
 
     before = folder_state(complete_copy)
 

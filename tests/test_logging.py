@@ -33,7 +33,7 @@ def corpus(tmp_path):
 
 
 def encode_cfg(corpus, teacher_dir, out, **kw):
-    from teacher_cache.encode import EncodeConfig
+    from teacher_cache.encode.run import EncodeConfig
 
     # --max-length 9999 is more than the teacher reads: a warning before anything is encoded
     return EncodeConfig(corpus=[str(corpus)], out=out, teacher=str(teacher_dir), max_length=9999, precision="fp32",
@@ -41,17 +41,17 @@ def encode_cfg(corpus, teacher_dir, out, **kw):
 
 
 def test_each_module_logs_to_a_child_of_tc():
-    from teacher_cache.progress import logger_for
+    from teacher_cache.base.progress import logger_for
 
-    assert logger_for("teacher_cache.encode").name == "tc.cache.encode"
-    assert logger_for("student.train").name == "tc.student.train"
+    assert logger_for("teacher_cache.encode.run").name == "tc.cache.encode.run"
+    assert logger_for("student.training.train").name == "tc.student.training.train"
     assert logger_for("finetune").name == "tc.finetune"
     assert logger_for("pipeline.commands.cache").name == "tc.pipeline.commands.cache"
     assert logger_for("__main__").name == "tc"
 
 
 def test_a_library_caller_can_silence_every_message(teacher_dir, corpus, tmp_path, capsys, tc_logger):
-    from teacher_cache.encode import encode_corpus
+    from teacher_cache.encode.run import encode_corpus
 
     tc_logger.setLevel(logging.ERROR)
     capsys.readouterr()
@@ -61,7 +61,7 @@ def test_a_library_caller_can_silence_every_message(teacher_dir, corpus, tmp_pat
 
 
 def test_a_library_caller_logging_at_info_sees_the_status_lines(teacher_dir, corpus, tmp_path, caplog, capsys):
-    from teacher_cache.encode import encode_corpus
+    from teacher_cache.encode.run import encode_corpus
 
     caplog.set_level(logging.INFO, logger="tc")
     encode_corpus(encode_cfg(corpus, teacher_dir, tmp_path / "o"))
@@ -71,13 +71,14 @@ def test_a_library_caller_logging_at_info_sees_the_status_lines(teacher_dir, cor
     messages = caplog.messages
     assert "warning: skipped 1 blank lines" in messages
     assert sum("cache already complete (2 rows, checksums match); nothing to do" in m for m in messages) == 1
-    assert {r.name for r in caplog.records} <= {"tc.cache.encode", "tc.cache.batching", "tc.cache.token_outputs"}
+    assert {r.name for r in caplog.records} <= {"tc.cache.encode.run", "tc.cache.encode.batching",
+                                                "tc.cache.encode.token_outputs"}
     assert "encode:" not in capsys.readouterr().err  # a progress line off a terminal goes through logging only
 
 
 def test_by_default_a_library_caller_sees_warnings_and_no_info():
     """No logging configured (a notebook, a script): logging's last-resort handler prints the warnings alone."""
-    code = ("from teacher_cache.progress import Progress, log, warn\n"
+    code = ("from teacher_cache.base.progress import Progress, log, warn\n"
             "log('a status line')\nwarn('rows cut')\n"
             "p = Progress('encode', 3)\np.update(3)\np.close()\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -24,7 +24,7 @@ def encode_args(teacher_dir, corpus, out, *extra):
 
 
 def test_an_unexpected_exception_is_one_line_naming_its_traceback_file(tmp_path, capsys, monkeypatch):
-    from teacher_cache import encode
+    from teacher_cache.encode import run as encode
 
     def broken(cfg):
         raise RuntimeError("boom\nsecond line")
@@ -45,7 +45,7 @@ def test_an_unexpected_exception_is_one_line_naming_its_traceback_file(tmp_path,
 
 
 def test_an_os_error_naming_a_file_is_one_line(tmp_path, capsys, monkeypatch):
-    from teacher_cache import encode
+    from teacher_cache.encode import run as encode
 
     def full(cfg):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "somewhere.bin"))
@@ -56,7 +56,7 @@ def test_an_os_error_naming_a_file_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_every_cause_is_worded_by_reason_and_first_line():
-    from teacher_cache.errors import NO_SPACE, first_line, reason
+    from teacher_cache.base.errors import NO_SPACE, first_line, reason
 
     assert reason(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x")) == NO_SPACE == "no space left on device"
     assert reason(RuntimeError("[enforce fail at inline_container.cc:642] . PytorchStreamWriter failed writing "
@@ -186,7 +186,7 @@ def test_a_truncated_student_is_one_line_naming_its_weights(tiny_cache, tmp_path
     from student import Student
     from student.config import StudentConfig
     from student.tokenizer import read_tokenizer_files
-    from teacher_cache.errors import UserError
+    from teacher_cache.base.errors import UserError
 
     folder = tmp_path / "student"
     config = StudentConfig(arch="static", vocab_size=30522, emb_dim=8, out_dim=32, max_length=64)

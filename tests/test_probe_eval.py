@@ -11,7 +11,7 @@ import pytest
 from pipeline.probe import ProbeConfig, run_probe
 from student import Student, StudentConfig
 from teacher_cache import open_cache
-from teacher_cache.lock import FolderLock
+from teacher_cache.base.lock import FolderLock
 from tests.helpers import error_lines, run_cli
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from student.data import StreamingCacheDataset
+from student.training.data import StreamingCacheDataset
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError, CacheIntegrityError
-from teacher_cache.lock import FolderLock
+from teacher_cache.base.errors import CacheError, CacheIntegrityError
+from teacher_cache.base.lock import FolderLock
 from teacher_cache.manifest import CacheManifest
 from tests.conftest import SAMPLE
 from tests.helpers import one_line, run_cli

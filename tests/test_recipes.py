@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from student import Student, StudentConfig
-from student.init import init_from_outputs, sif_weights, token_frequencies
-from student.losses import loss_fn, parse_loss
-from student.recipes import RECIPE_KNOBS, RECIPES, recipe_config
-from student.train import TrainConfig, train
+from student.training.init import init_from_outputs, sif_weights, token_frequencies
+from student.training.losses import loss_fn, parse_loss
+from student.training.recipes import RECIPE_KNOBS, RECIPES, recipe_config
+from student.training.train import TrainConfig, train
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError
+from teacher_cache.base.errors import CacheError
 from tests.helpers import error_lines, run_cli
 
 
@@ -50,7 +50,7 @@ def test_rerunning_encode_adds_token_outputs_to_an_older_complete_cache(tiny_cac
 def test_token_outputs_are_computed_once_per_teacher_and_copied_into_later_caches(tiny_cache, tmp_path, capsys,
                                                                                  teacher_dir, corpus_file,
                                                                                  monkeypatch):
-    import teacher_cache.token_outputs as token_outputs
+    import teacher_cache.encode.token_outputs as token_outputs
 
     manifest = open_cache(tiny_cache).manifest
     kept = token_outputs.shared_copy_path(manifest.teacher_hash)

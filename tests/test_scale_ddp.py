@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from student.data import StreamingCacheDataset, validation_ids
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
-from student.train import TrainConfig, train
+from student.training.data import StreamingCacheDataset, validation_ids
+from student.training.train import TrainConfig, train
 from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli
 
@@ -144,7 +144,7 @@ dist.all_gather(weights, model[0].weight.detach().clone())
 assert rows == [1, 2, 3, 4, 5, 6], rows  # each rank holds both ranks' rows: the sparse gradient was all-reduced
 assert torch.equal(weights[0], weights[1])
 dist.destroy_process_group()
-os._exit(0)  # as `tc` ranks do: gloo may abort in interpreter teardown (see student.distributed.exit_now)
+os._exit(0)  # as `tc` ranks do: gloo may abort in interpreter teardown (see student.training.distributed.exit_now)
 '''
 
 

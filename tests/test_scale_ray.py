@@ -54,7 +54,7 @@ def args(teacher_dir, corpus, out, *extra):
 @pytest.fixture(scope="module")
 def local_cache(tmp_path_factory, teacher_dir, corpus_2k):
     """The reference: the same corpus through the local engine."""
-    from teacher_cache.encode import EncodeConfig, encode_corpus
+    from teacher_cache.encode.run import EncodeConfig, encode_corpus
 
     out = tmp_path_factory.mktemp("ray_ref") / "local"
     encode_corpus(EncodeConfig(corpus=[str(corpus_2k)], out=out, teacher=str(teacher_dir), pooling=["mean", "cls"],
@@ -185,7 +185,7 @@ def test_precision_auto_is_resolved_once_like_the_local_path(local_ray, teacher_
 def test_overlapped_workers_write_the_same_cache(local_ray, teacher_dir, corpus_2k, local_cache, tmp_path, capsys,
                                                  monkeypatch):
     """The GPU workers' mode (2 shards per actor at once, one tokenising while the other runs), exercised on CPU."""
-    import teacher_cache.ray_encode as ray_encode
+    import teacher_cache.encode.ray_engine as ray_encode
 
     monkeypatch.setattr(ray_encode, "actor_concurrency", lambda device: 2)
     out = tmp_path / "ray"

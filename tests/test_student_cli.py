@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from pipeline.cli import main
 from student import Student
-from student.train import TrainConfig, train
+from student.training.train import TrainConfig, train
 from teacher_cache import open_cache
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from student.data import StreamingCacheDataset, read_rows, validation_ids
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+from student.training.data import StreamingCacheDataset, read_rows, validation_ids
 from teacher_cache import open_cache
 
 

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from student import Student
-from student.optim import adamw, clip_gradients, lr_factor, param_groups
-from student.train import TrainConfig, train
+from student.training.optim import adamw, clip_gradients, lr_factor, param_groups
+from student.training.train import TrainConfig, train
 from teacher_cache import open_cache
-from teacher_cache.errors import CacheError, UserError
+from teacher_cache.base.errors import CacheError, UserError
 
 
 def config(cache, out, **kw) -> TrainConfig:

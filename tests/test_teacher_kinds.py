@@ -104,8 +104,8 @@ def test_token_outputs_use_s_and_end_s(mpnet_cache, mpnet_dir):
     from safetensors.numpy import load_file
     from transformers import AutoModel
 
-    from teacher_cache.teacher import load_teacher
-    from teacher_cache.token_outputs import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, token_frame_ids
+    from teacher_cache.encode.teacher import load_teacher
+    from teacher_cache.encode.token_outputs import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, token_frame_ids
 
     out, _ = mpnet_cache
     assert token_frame_ids(load_teacher(str(mpnet_dir))) == (0, 2)
@@ -125,7 +125,7 @@ def test_token_outputs_use_s_and_end_s(mpnet_cache, mpnet_dir):
 
 
 def test_max_position_counts_only_usable_positions(mpnet_dir, teacher_dir):
-    from teacher_cache.teacher import load_teacher
+    from teacher_cache.encode.teacher import load_teacher
 
     assert load_teacher(str(mpnet_dir)).max_position == MAX_POSITIONS - 2  # RoBERTa-style offset of pad + 1
     assert load_teacher(str(teacher_dir)).max_position == 128  # BERT: every position

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from teacher_cache import open_cache
-from teacher_cache.atomic import atomic_path, atomic_write
-from teacher_cache.errors import CacheError
-from teacher_cache.lock import LOCK_NAME, FolderLock
+from teacher_cache.base.atomic import atomic_path, atomic_write
+from teacher_cache.base.errors import CacheError
+from teacher_cache.base.lock import LOCK_NAME, FolderLock
 from tests.helpers import one_line, run_cli, shard_digests
 
 VICTIM = b"the user's own file: must never change\n"

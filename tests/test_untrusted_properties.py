@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
@@ -145,7 +145,7 @@ def test_any_manifest_loads_or_is_one_line_and_nothing_outside_is_touched(tiny_c
 @FAST
 @given(NAMES)
 def test_inside_returns_a_path_in_the_folder_or_refuses_in_one_line(tmp_path_factory, name):
-    from teacher_cache.safe_paths import inside
+    from teacher_cache.base.safe_paths import inside
 
     folder = tmp_path_factory.getbasetemp() / "names" / "cache"
     folder.mkdir(parents=True, exist_ok=True)
@@ -236,7 +236,7 @@ def test_saving_a_student_replaces_planted_links_instead_of_writing_through(stud
 def test_a_symlinked_checkpoint_folder_is_replaced_not_written_through(tmp_path):
     import torch
 
-    from student.checkpoint import CHECKPOINT_DIR, clear_output, save_checkpoint
+    from student.training.checkpoint import CHECKPOINT_DIR, clear_output, save_checkpoint
 
     (tmp_path / "victims").mkdir()
     (tmp_path / "victims" / "mine.txt").write_bytes(VICTIM)

@@ -9,10 +9,10 @@ import typer
 
 from finetune.config import LogitsConfig
 from pipeline.options import build, options_from
-from teacher_cache.encode_config import EncodeConfig, RayOptions
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
+from teacher_cache.base.progress import log
+from teacher_cache.encode.config import EncodeConfig, RayOptions
 from teacher_cache.fingerprint import corpus_still_matches
-from teacher_cache.progress import log
 from teacher_cache.reader import open_cache
 
 
@@ -39,7 +39,7 @@ def encode(
 
     Example: tc encode --teacher ft_teacher/ --logits --out logits_cache/
     """
-    from teacher_cache.encode import encode_corpus
+    from teacher_cache.encode.run import encode_corpus
 
     if logits:
         encode_logits(settings)
@@ -47,7 +47,7 @@ def encode(
     cfg = build(EncodeConfig, settings)
     ray = RayOptions(settings["address"], settings["workers"], settings["gpus_per_worker"] or 0.0)
     if engine == "ray":
-        from teacher_cache.ray_encode import encode_corpus_ray
+        from teacher_cache.encode.ray_engine import encode_corpus_ray
 
         manifest = encode_corpus_ray(cfg, ray)
     elif engine == "local":

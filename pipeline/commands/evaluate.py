@@ -11,8 +11,8 @@ import typer
 from pipeline.config import DemoConfig, ProbeConfig
 from pipeline.failures import check_positive
 from pipeline.options import build, options_from
-from teacher_cache.errors import UserError
-from teacher_cache.settings import comma_list
+from teacher_cache.base.errors import UserError
+from teacher_cache.base.settings import comma_list
 
 
 @options_from(ProbeConfig)
@@ -74,7 +74,7 @@ def model_encoders(students: list[Path], teachers: list[str], batch_size: int):
         model = load_student_folder(path, "--student")
         yield f"student {path}", lambda s, m=model: m.encode(s, batch_size=batch_size)
     for name in teachers:
-        from teacher_cache.batching import teacher_encoder
+        from teacher_cache.encode.batching import teacher_encoder
 
         yield f"teacher {name}", teacher_encoder(None if name == "default" else name)
 

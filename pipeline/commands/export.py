@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.failures import check_out_folder
-from teacher_cache.errors import UserError
+from teacher_cache.base.errors import UserError
 
 
 def export(
@@ -33,7 +33,7 @@ def export(
 
     Example: tc export --model student_out/ --to model2vec --out student_m2v/ --dtype int8
     """
-    from student.export import export_student
+    from student.export.run import export_student
 
     if not to:
         raise UserError("--to: choose model2vec or onnx")

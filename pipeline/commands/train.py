@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 
 from pipeline.options import build, options_from
-from student.recipes import RECIPE_KNOBS
-from student.train_config import TrainConfig
-from teacher_cache.errors import UserError
+from student.training.recipes import RECIPE_KNOBS
+from student.training.train_config import TrainConfig
+from teacher_cache.base.errors import UserError
 from teacher_cache.reader import open_cache
 
 
@@ -36,8 +36,8 @@ def train_student(
 
     Example: tc train-student --shards out/ --out student_out/ --recipe static --epochs 3
     """
-    from student import distributed
-    from student.train import train
+    from student.training import distributed
+    from student.training.train import train
 
     cfg = build(TrainConfig, settings)  # the recipe is applied as the config is made, as for train(TrainConfig())
     if nproc < 1:
@@ -84,7 +84,7 @@ def check_before_launch(cfg, nproc: int) -> None:
     """The usual mistakes, caught once here in one line rather than on every rank."""
     import torch
 
-    from student.checkpoint import check_output
+    from student.training.checkpoint import check_output
 
     cfg.validate()
     open_cache(cfg.shards).check()

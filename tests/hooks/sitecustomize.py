@@ -16,10 +16,10 @@ import os
 
 
 def trace_training_ids(folder: str) -> None:
-    """Wrap student.train.train_step so that this rank records the ids of each batch."""
+    """Wrap student.training.train.train_step so that this rank records the ids of each batch."""
     from pathlib import Path
 
-    import student.train as train
+    import student.training.train as train
 
     path = Path(folder) / f"rank-{os.environ['RANK']}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +35,8 @@ def trace_training_ids(folder: str) -> None:
 
 
 def nan_loss_at(control: str) -> None:
-    """Wrap student.train.train_step so that rank <rank> of `control` ('<rank>:<step>') returns NaN at <step>."""
-    import student.train as train
+    """Wrap student.training.train.train_step: rank <rank> of `control` ('<rank>:<step>') returns NaN at <step>."""
+    import student.training.train as train
 
     rank, at = (int(x) for x in control.split(":"))
     step, seen = train.train_step, [0]
@@ -51,7 +51,7 @@ def nan_loss_at(control: str) -> None:
 
 def crash_once(control: str) -> None:
     """Wrap ShardEncoder.encode so that the worker starting the shard named in `control` dies once."""
-    from teacher_cache import ray_encode
+    from teacher_cache.encode import ray_engine as ray_encode
 
     encode = ray_encode.ShardEncoder.encode
 
