@@ -9,8 +9,8 @@ from pipeline.config import DemoConfig, ProbeConfig
 from pipeline.probe import run_probe
 from pipeline.sts import load_task, sts_spearman
 from student import Student
-from student.training.recipes import recipe_config
 from student.training.train import train
+from student.training.train_config import recipe_config
 from teacher_cache.base.atomic import atomic_write
 from teacher_cache.base.progress import log
 from teacher_cache.encode.batching import teacher_encoder

@@ -94,7 +94,8 @@ def test_validate_checks_a_value_set_after_the_settings_were_made():
 
 
 def test_the_defaults_and_the_recipes_pass_the_checks():
-    from student.training.recipes import RECIPES, recipe_config
+    from student.training.recipes import RECIPES
+    from student.training.train_config import recipe_config
 
     for cls in (TrainConfig, FinetuneConfig, LogitsConfig, EncodeConfig, RayOptions, ProbeConfig, DemoConfig):
         cls()

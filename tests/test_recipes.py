@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from student import Student, StudentConfig
 from student.training.init import init_from_outputs, sif_weights, token_frequencies
 from student.training.losses import loss_fn, parse_loss
-from student.training.recipes import RECIPE_KNOBS, RECIPES, recipe_config
+from student.training.recipes import RECIPE_KNOBS, RECIPES
 from student.training.train import TrainConfig, train
+from student.training.train_config import recipe_config
 from teacher_cache import open_cache
 from teacher_cache.base.errors import CacheError
 from tests.helpers import error_lines, run_cli

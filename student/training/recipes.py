@@ -45,9 +45,3 @@ def apply_recipe(name: str | None, given: dict) -> dict:
         recipe = {k: v for k, v in recipe.items() if k not in ARCH_KNOBS}
     return {k: given[k] if given.get(k) is not None else recipe.get(k, BARE[k]) for k in RECIPE_KNOBS}
 
-
-def recipe_config(name: str | None, **overrides):
-    """TrainConfig of recipe `name` (default DEFAULT_RECIPE) with the given knobs (None values ignored) on top."""
-    from student.training.train_config import TrainConfig  # (train_config imports this module to apply the recipe)
-
-    return TrainConfig(recipe=name or DEFAULT_RECIPE, **{k: v for k, v in overrides.items() if v is not None})

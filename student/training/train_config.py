@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from student.training.recipes import RECIPE_KNOBS, apply_recipe
+from student.training.recipes import DEFAULT_RECIPE, RECIPE_KNOBS, apply_recipe
 from teacher_cache.base.errors import UserError
 from teacher_cache.base.settings import (
     EPOCHS,
@@ -142,3 +142,8 @@ class TrainConfig(Checked):
 # Knobs that do not change what is learned: a resumed run may set them differently.
 RUN_ONLY = ("shards", "out", "device", "precision", "eval_every", "checkpoint_every", "max_steps", "resume",
             "force", "quiet")
+
+
+def recipe_config(name: str | None, **overrides) -> TrainConfig:
+    """TrainConfig of recipe `name` (default DEFAULT_RECIPE) with the given knobs (None values ignored) on top."""
+    return TrainConfig(recipe=name or DEFAULT_RECIPE, **{k: v for k, v in overrides.items() if v is not None})
