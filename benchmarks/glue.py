@@ -167,7 +167,8 @@ def run_task(task: str, args: argparse.Namespace, results: Results) -> None:
     """The task's teacher, its logits, then every (seed, student row) not finished yet."""
     work, data_dir = results.folder / task, resolve_data_dir(TASKS[task], args.data_dir)
     base = dict(task=task, data_dir=args.data_dir, batch_size=args.batch_size, max_train_rows=args.max_train_rows,
-                max_eval_rows=args.max_eval_rows, select=args.select, force=True, quiet=True)
+                max_eval_rows=args.max_eval_rows, select=args.select, interpolate="off", force=True,
+                quiet=True)
     teacher_dir, logits_dir = work / "teacher", work / "logits"
     if results.get(task, "teacher", 0) is None:
         log(f"[{task}] fine-tuning the task teacher ({args.teacher_epochs} epochs)")

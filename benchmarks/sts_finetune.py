@@ -83,7 +83,7 @@ def report(args: argparse.Namespace, records: list[dict]) -> str:
     lines = [f"## STS-B fine-tuning: zero-shot, fine-tuned and blended encoders ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {machine()}. Student `{args.student}`; `tc finetune --task stsb --select holdout "
              f"--interpolate on`, cosine head with CoSENT, encoder lr {args.lr}, batch {args.batch_size}; kept epoch "
-             "and chosen blend by Pearson on held-out training rows (every k-th, at most 2,000); the fixed blend "
+             "and chosen blend by Spearman on held-out training rows (every k-th, at most 2,000); the fixed blend "
              f"a = {FIXED_BLEND} was chosen on STS-B dev (one seed). Scores x100, mean ± sample std over seeds; "
              "test = STS Benchmark test (reported, never used to choose).", "",
              "| epochs | encoder | dev Pearson | dev Spearman | test Pearson | test Spearman | test Spearman − "

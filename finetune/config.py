@@ -43,7 +43,9 @@ class FinetuneConfig(Checked):
     # optimisation
     epochs: int = setting(3, "Passes over the training rows.", check=EPOCHS)
     batch_size: int = setting(32, "Examples per step.", check=count(1))
-    lr: float | None = setting(None, "Peak learning rate (default 1e-3 student, 5e-5 teacher).", check=positive)
+    lr: float | None = setting(None, "Peak learning rate (default 1e-3 student, 5e-4 student with the cosine head "
+                                     "(its only weights are the encoder's; measured, benchmarks/RESULTS.md), 5e-5 "
+                                     "teacher).", check=positive)
     encoder_lr: float | None = setting(None, "Student: peak learning rate of the encoder (default: --lr, which the "
                                              "head always uses).", check=positive)
     warmup: float = setting(0.1, "Share of the steps with a linear warm-up, then linear decay to 0.", check=probability)
@@ -60,14 +62,16 @@ class FinetuneConfig(Checked):
                               check=count(2, 1_000_000))
     freeze_encoder: bool = setting(False, "Train the head only.")
     # model selection
-    select: str = setting("last", "Epoch to keep: last, dev (best on dev) or holdout (best on training rows held out "
-                                  "for it, so that dev stays unseen).")
+    select: str = setting("auto", "Epoch to keep: last, dev (best on dev), holdout (best on training rows held out "
+                                  "for it, so that dev stays unseen) or auto (holdout for the cosine head, where "
+                                  "the zero-shot encoder, epoch 0, is a candidate too, so the kept encoder is "
+                                  "never worse than zero-shot on the held-out rows; else last).")
     holdout_rows: int = setting(2000, "--select holdout: hold out every k-th training row, at most this many "
                                       "(k >= 10).", check=count(1))
-    interpolate: str = setting("off", "Student: blend the kept encoder with the one it started from, w = (1 - a) "
+    interpolate: str = setting("auto", "Student: blend the kept encoder with the one it started from, w = (1 - a) "
                                       "w0 + a w1, a from 0, 0.25, 0.5, 0.75, 1 chosen on the --select split "
                                       "(WiSE-FT, Wortsman et al. 2022; keeps more of the distilled encoder). on, "
-                                      "off, or auto (on for the cosine head).")
+                                      "off, or auto (on for the cosine head, with its default --select).")
     # task-specific distillation
     kd_cache: str | None = setting(None, "Teacher logits of the task's training rows (tc cache-logits): adds "
                                          "task-specific KD.")
@@ -85,7 +89,7 @@ class FinetuneConfig(Checked):
         """Raise a one-line UserError naming the first bad flag."""
         check_settings(self)  # the ranges the fields declare, again: a value may have been set since
         choices = {"head": ("auto", "features", "cosine"), "similarity_loss": ("cosent", "mse"),
-                   "select": ("last", "dev", "holdout"), "interpolate": ("off", "on", "auto")}
+                   "select": ("auto", "last", "dev", "holdout"), "interpolate": ("off", "on", "auto")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose one of {', '.join(allowed)}")

@@ -108,6 +108,7 @@ class Tuned:
     span: float = 1.0  # the head's score range (scores are divided by it)
     lr_groups: list[tuple[list[torch.nn.Parameter], float]] | None = None  # own peak rates (default: all at lr)
     blend: list[torch.nn.Parameter] | None = None  # WiSE-FT these (with a selection split), a in BLEND_WEIGHTS
+    select_metric: str | None = None  # what picks the kept epoch and blend (default: the task's first metric)
 
 
 Best = tuple[float, int, dict]  # (score, epoch, weights) of the best epoch so far
@@ -123,7 +124,8 @@ def keep_best(best: Best | None, score: float, epoch: int, module: torch.nn.Modu
 def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
     """The loop: shuffled batches, AdamW with warm-up and linear decay, metrics of every evaluation split into
     metrics.json per epoch (and before the first with a cosine head: the encoder's zero-shot score); with
-    --select dev|holdout the best epoch's weights (by the task's first metric on that split) are restored."""
+    --select dev|holdout the best epoch's weights (by tuned.select_metric, default the task's first metric, on that
+    split) are restored; with a cosine head that may be epoch 0, the zero-shot encoder (metrics["zero_shot_kept"])."""
     module, forward, predict, info = tuned.module, tuned.forward, tuned.predict, tuned.info
     cosine_head, span, lr_groups, blend = tuned.cosine_head, tuned.span, tuned.lr_groups, tuned.blend
     spec, train = prep.spec, prep.train
@@ -138,10 +140,12 @@ def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
     kd_all = None if prep.kd_targets is None else torch.as_tensor(np.asarray(prep.kd_targets, dtype=np.float32))
     rng = np.random.default_rng(cfg.seed)
     by = None if cfg.select == "last" else cfg.select  # the split that picks the kept epoch (None: the last)
+    chooser = tuned.select_metric or spec.metrics[0]
     cosent = cosine_head and spec.regression and cfg.similarity_loss == "cosent"
     metrics = {**info, "task": spec.name, "metric": spec.metrics[0], "train_rows": len(train) - prep.transfer_rows,
                "transfer_rows": prep.transfer_rows, "eval_rows": {k: len(v) for k, v in prep.evals.items()},
-               "select": cfg.select, "loss": ("cosent" if cosent else "mse on the cosine") if cosine_head else None,
+               "select": cfg.select, "selected_by": chooser if by else None,
+               "loss": ("cosent" if cosent else "mse on the cosine") if cosine_head else None,
                "kd": {"cache": cfg.kd_cache, "alpha": cfg.kd_alpha} if cfg.kd_cache else None, "history": []}
     best: Best | None = None
     rates = [("--lr", cfg.lr)] + ([("--encoder-lr", cfg.encoder_lr)] if lr_groups and cfg.encoder_lr else [])
@@ -160,7 +164,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
         loss = {"train_loss": round(float(np.mean(losses)), 6)} if losses else {}
         metrics["history"].append({"epoch": epoch, **loss, **scores})
         if by is not None:
-            best = keep_best(best, scores[by][spec.metrics[0]], epoch, module)
+            best = keep_best(best, scores[by][chooser], epoch, module)
         chosen = epoch if best is None else best[1]
         kept = next(h for h in metrics["history"] if h["epoch"] == chosen)
         metrics.update(final={split: kept[split] for split in prep.evals}, selected_epoch=chosen, epochs_done=epoch,
@@ -198,10 +202,21 @@ def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
         evaluate(epoch + 1, losses)
     if best is not None and best[1] != cfg.epochs:
         module.load_state_dict(best[2])
-        log(f"kept epoch {best[1]} (best {by} {spec.metrics[0]} {best[0]:.4f})")
-    if blend and best is not None:
+        if best[1]:  # (epoch 0 has its own line below)
+            log(f"kept epoch {best[1]} (best {by} {chooser} {best[0]:.4f})")
+    if best is not None and best[1] == 0:  # nothing beat the untouched encoder: it is what is saved
+        trained = max((h for h in metrics["history"] if h["epoch"]), key=lambda h: h[by][chooser], default=None)
+        rows = "held-out rows" if by == "holdout" else f"{by} rows"
+        against = f" vs {trained[by][chooser]:.4f}, epoch {trained['epoch']}" if trained else ""
+        metrics["zero_shot_kept"] = {"split": by, "metric": chooser, "zero_shot": best[0],
+                                     "best_epoch": trained and trained["epoch"],
+                                     "best_epoch_score": trained and trained[by][chooser],
+                                     "note": f"kept the zero-shot encoder: no epoch beat it on the {rows} "
+                                             f"({chooser.capitalize()} {best[0]:.4f}{against})"}
+        atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    elif blend and best is not None:
         interpolate(blend, initial, lambda data: compute_metrics(spec, predict(data), data.labels), prep.evals, by,
-                    spec.metrics[0], metrics, cfg)
+                    chooser, metrics, cfg)
     return metrics
 
 

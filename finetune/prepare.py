@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from finetune.task_data import TaskData, load_split
 from finetune.tasks import TaskSpec, resolve_data_dir, resolve_task
 from teacher_cache.base.errors import CacheError, UserError
 from teacher_cache.reader import open_cache
+
+HOLDOUT_MIN_ROWS = 20  # --select holdout needs this many training rows
 
 
 @dataclass
@@ -42,8 +45,11 @@ def selection_rows(n: int, at_most: int) -> np.ndarray:
     return np.arange(0, n, every)[:at_most]
 
 
-def prepare(cfg: FinetuneConfig) -> Prepared:
-    """Resolve the task, read its files and the KD cache; every problem is a one-line error."""
+def prepare(cfg: FinetuneConfig, auto_select: Callable[[TaskSpec], str] | None = None) -> Prepared:
+    """Resolve the task, read its files and the KD cache; every problem is a one-line error.
+
+    --select auto becomes `auto_select(spec)` (default: last); holdout falls back to dev when there are too few
+    training rows to hold some out."""
     spec = resolve_task(cfg.task, cfg.text_columns, cfg.label_column, cfg.labels, cfg.regression, cfg.dev_file)
     data_dir = resolve_data_dir(spec, cfg.data_dir)
     train = load_split(spec, "train", data_dir, cfg.max_train_rows)
@@ -52,8 +58,11 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
     if not evals:
         train, evals["dev"] = holdout(train)
     targets, transfer = load_kd_targets(cfg.kd_cache, spec, train) if cfg.kd_cache else (None, None)
+    if cfg.select == "auto":
+        cfg.select = auto_select(spec) if auto_select else "last"
+        cfg.select = "dev" if cfg.select == "holdout" and len(train) < HOLDOUT_MIN_ROWS else cfg.select
     if cfg.select == "holdout":  # rows kept out of training to choose the epoch by; dev stays unseen
-        if len(train) < 20:
+        if len(train) < HOLDOUT_MIN_ROWS:
             raise UserError(f"--select holdout: {len(train)} training rows; too few to hold some out (use dev)")
         held = selection_rows(len(train), cfg.holdout_rows)
         kept = np.setdiff1d(np.arange(len(train)), held)

@@ -56,7 +56,7 @@ def test_similarity_finetune_keeps_a_sentence_encoder(student_dir, glue_dir, tmp
     out = tmp_path / "ft"
     code, stdout, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", out,
                                 "--data-dir", glue_dir, "--max-train-rows", "200", "--max-eval-rows", "40", "--epochs",
-                                "1", "--quiet")
+                                "1", "--select", "last", "--quiet")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["head"] == "cosine" and metrics["loss"] == "cosent"
@@ -106,17 +106,17 @@ def test_interpolate_keeps_the_best_blend_of_start_and_fine_tuned_encoder(studen
     out = tmp_path / "ft"
     code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", out, "--epochs", "2",
                            "--data-dir", glue_dir, "--max-train-rows", "200", "--max-eval-rows", "60", "--select",
-                           "dev", "--lr", "3e-2", "--interpolate", "on", "--quiet")
+                           "dev", "--lr", "1e-2", "--interpolate", "on", "--quiet")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     blend = metrics["interpolation"]
-    scores = {float(a): v["dev"]["pearson"] for a, v in blend["scores"].items()}
+    scores = {float(a): v["dev"]["spearman"] for a, v in blend["scores"].items()}  # the cosine head's choice
     assert blend["chosen_on"] == "dev" and blend["alpha"] == max(scores, key=scores.get)
     assert sorted(scores) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    by_epoch = {h["epoch"]: h["dev"]["pearson"] for h in metrics["history"]}
+    by_epoch = {h["epoch"]: h["dev"]["spearman"] for h in metrics["history"]}
     assert scores[0.0] == pytest.approx(by_epoch[0], abs=1e-6)  # a = 0: the untouched encoder (epoch 0)
     assert scores[1.0] == pytest.approx(by_epoch[metrics["selected_epoch"]], abs=1e-6)  # a = 1: the kept epoch
-    assert metrics["final"]["dev"]["pearson"] == pytest.approx(scores[blend["alpha"]], abs=1e-6)
+    assert metrics["final"]["dev"]["spearman"] == pytest.approx(scores[blend["alpha"]], abs=1e-6)
     dev = tmp_path / "dev60.tsv"  # the saved folder is the chosen blend
     dev.write_text("".join((glue_dir / "STS-B" / "dev.tsv").read_text().splitlines(True)[:61]))
     code, _, err = run_cli(capsys, "predict", "--model", out, "--input", dev)
@@ -153,7 +153,8 @@ def test_bad_head_and_select_are_one_line(student_dir, glue_dir, tmp_path, capsy
                          (["--task", "sst2", "--select", "holdout", "--max-train-rows", "10"], "too few"),
                          (["--task", "stsb", "--similarity-loss", "l1"], "--similarity-loss l1"),
                          (["--task", "stsb", "--interpolate", "yes"], "--interpolate yes: choose one of"),
-                         (["--task", "stsb", "--interpolate", "on"], "--interpolate on: needs --select")):
+                         (["--task", "stsb", "--interpolate", "on", "--select", "last"],
+                          "--interpolate on: needs --select")):
         code, _, err = run_cli(capsys, *base, *args)
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1 and error_lines(err) == lines and needle in lines[0], err
@@ -175,3 +176,64 @@ def test_encoder_lr_is_the_encoders_own(student_dir, glue_dir, tmp_path, capsys)
 
     fresh = TaskHead(32, False, 2)
     assert any(not torch.allclose(v, head[k]) for k, v in fresh.state_dict().items())
+
+
+def zero_shot_run(capsys, student_dir, glue_dir, out, *flags):
+    """An STS-B fine-tune of the tiny fixture at an absurd (finite) encoder rate: training can only hurt."""
+    return run_cli(capsys, "finetune", "--model", student_dir, "--task", "stsb", "--out", out, "--data-dir", glue_dir,
+                   "--epochs", "2", "--lr", "30", "--grad-clip", "0", "--warmup", "0", "--quiet", *flags)
+
+
+def test_similarity_defaults_keep_the_zero_shot_encoder_when_no_epoch_beats_it(student_dir, glue_dir, tmp_path,
+                                                                                capsys):
+    out = tmp_path / "ft"
+    code, stdout, err = zero_shot_run(capsys, student_dir, glue_dir, out)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["select"] == "holdout" and metrics["selected_by"] == "spearman"  # the similarity defaults
+    assert metrics["selected_epoch"] == 0 and "interpolation" not in metrics
+    history = {h["epoch"]: h["holdout"]["spearman"] for h in metrics["history"]}
+    assert all(not history[e] > history[0] for e in (1, 2))  # (a NaN never beats it either)
+    kept = metrics["zero_shot_kept"]
+    assert kept["split"] == "holdout" and kept["metric"] == "spearman" and kept["zero_shot"] == history[0]
+    note = [line for line in err.splitlines() if line.startswith("kept the zero-shot encoder")]
+    assert note == [kept["note"]]  # one line, also with --quiet
+    assert note[0].startswith("kept the zero-shot encoder: no epoch beat it on the held-out rows (Spearman "
+                              f"{history[0]:.4f} vs ")
+    assert metrics["final"] == {split: metrics["history"][0][split] for split in metrics["eval_rows"]}
+    texts = ["A man is playing a guitar.", "The cat sleeps.", "Stocks fell today."]
+    before, after = Student.from_pretrained(student_dir), Student.from_pretrained(out)
+    assert np.array_equal(before.encode(texts), after.encode(texts))  # the saved encoder is the student it started as
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_explicit_select_wins_over_the_similarity_default(student_dir, glue_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, _, err = zero_shot_run(capsys, student_dir, glue_dir, out, "--select", "last")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["select"] == "last" and metrics["selected_epoch"] == 2 and "zero_shot_kept" not in metrics
+    assert "kept the zero-shot encoder" not in err and "interpolation" not in metrics  # (auto: no split to blend on)
+    texts = ["A man is playing a guitar.", "The cat sleeps."]
+    before, after = Student.from_pretrained(student_dir), Student.from_pretrained(out)
+    assert not np.allclose(before.encode(texts), after.encode(texts))
+
+
+def test_cosine_head_default_rate_and_explicit_rates(student_dir, glue_dir, tmp_path, capsys):
+    from finetune.students import COSINE_LR
+
+    runs = {"default": (), "lr": ("--lr", "2e-3"), "sst2": ()}
+    args = {}
+    for name, flags in runs.items():
+        out = tmp_path / name
+        task = "sst2" if name == "sst2" else "stsb"
+        code, _, err = run_cli(capsys, "finetune", "--model", student_dir, "--task", task, "--out", out, "--data-dir",
+                               glue_dir, "--epochs", "1", "--max-train-rows", "40", "--max-eval-rows", "10", "--quiet",
+                               *flags)
+        assert code == 0, err
+        args[name] = json.loads((out / "task.json").read_text())["args"]
+    assert COSINE_LR == 5e-4 and args["default"]["lr"] == COSINE_LR and args["default"]["select"] == "holdout"
+    assert args["default"]["interpolate"] == "auto"
+    assert args["lr"]["lr"] == 2e-3  # an explicit --lr wins
+    assert args["sst2"]["lr"] == 1e-3 and args["sst2"]["select"] == "last"  # the features head keeps its defaults

@@ -45,8 +45,10 @@ def finetune(**settings) -> None:
     """Fine-tune a student (encoder + head) or a transformers teacher on a task.
 
     A student classifies from [u, v, |u-v|, u*v] (pairs) or u; a pair scored by similarity (STS-B) is scored by the
-    cosine of its two vectors (--head auto), trained with CoSENT, so the folder stays a sentence encoder. Scores go
-    to <out>/metrics.json after every epoch; --select dev|holdout keeps the best epoch. With --kd-cache the student
+    cosine of its two vectors (--head auto), trained with CoSENT, so the folder stays a sentence encoder; by default
+    (--select auto) its kept epoch is the best by Spearman on held-out training rows, the zero-shot encoder
+    (epoch 0) included, so fine-tuning never leaves it below its zero-shot score there. Scores go to
+    <out>/metrics.json after every epoch; --select dev|holdout keeps the best epoch. With --kd-cache the student
     also learns the teacher's logits: loss (1-a)*CE + a*MSE (STS-B: on the score).
 
     Example: tc finetune --model student_out/ --task sst2 --out ft/ --kd-cache logits_cache/ --kd-alpha 0.5
@@ -61,6 +63,8 @@ def finetune(**settings) -> None:
         from finetune.teachers import finetune_teacher
 
         metrics = finetune_teacher(cfg)
+    if metrics.get("zero_shot_kept"):
+        typer.echo(metrics["zero_shot_kept"]["note"], err=True)
     scores = "  ".join(f"{split} {k} {v:.4f}" for split, s in metrics["final"].items() for k, v in s.items())
     typer.echo(f"{cfg.out}: {metrics['kind']} fine-tuned on {metrics['task']} ({metrics['train_rows']:,} rows, "
                f"{metrics['epochs_done']} epoch(s)): {scores}")
