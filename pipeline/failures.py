@@ -90,17 +90,3 @@ def check_out_file(out: Path | None, input_file: Path | None = None) -> None:
         raise UserError(f"--out {out}: the folder {out.parent} does not exist")
     if input_file is not None and out.exists() and input_file.exists() and os.path.samefile(out, input_file):
         raise UserError(f"--out {out}: is the --input file; write the predictions to another file")
-
-
-def check_out_folder(out: Path, keep: dict[str, Path] | None = None) -> None:
-    """Refuse an --out folder that --force would delete together with the current folder (`.`, `..`, `sub/..`) or
-    with a folder to keep (`keep`: flag -> folder, e.g. the --model read from), in one line."""
-    target = out.resolve()
-    cwd = Path.cwd().resolve()
-    if target == cwd or target in cwd.parents:  # `.` had no name to write beside (ValueError); `..` was deleted
-        raise UserError(f"--out {out}: is the current folder or one above it; name a new folder, e.g. "
-                        "--out exported/")
-    for flag, folder in (keep or {}).items():
-        kept = folder.resolve()
-        if target in kept.parents:
-            raise UserError(f"--out {out}: holds {flag} {folder}; name a new folder")

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from pipeline.failures import check_out_folder
 from teacher_cache.base.errors import UserError
 
 
@@ -39,7 +38,6 @@ def export(
         raise UserError("--to: choose model2vec or onnx")
     if out is None:
         raise UserError("--out: name the folder to write")
-    check_out_folder(out, {"--model": model})
     result = export_student(model, to, out, dtype=dtype, force=force)
     typer.echo(f"{result.out}: {result.format} ({result.dtype}), {result.bytes / 2**20:,.1f} MiB; cosine to the "
                f"torch student >= {result.min_cosine:.6f} on the check sentences")

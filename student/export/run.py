@@ -149,9 +149,7 @@ def check_empty(out: Path, force: bool) -> None:
 
 def check_out(out: Path, model: Path) -> None:
     """Refuse, before anything is written or removed, an --out that is a file, overlaps --model (the same folder,
-    inside it or holding it: --force would delete the student), or is the current folder or one above it.
-
-    (The CLI checks the last two first, in the same words: pipeline/failures.py check_out_folder.)"""
+    inside it or holding it: --force would delete the student), or is the current folder or one above it."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder")
     here, target = Path.cwd().resolve(), out.resolve()
