@@ -4,6 +4,8 @@ folder."""
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 import shutil
 from pathlib import Path
 
@@ -116,3 +118,40 @@ def glue_dir(tiny_glue_dir) -> Path:
 
     real = real_glue_dir()
     return real if os.environ.get("TC_TEST_REAL_GLUE") == "1" and real is not None else tiny_glue_dir
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP server (moto) on a free 127.0.0.1 port, for the whole session: 'http://127.0.0.1:PORT'."""
+    moto_server = pytest.importorskip("moto.server")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch, s3_endpoint):
+    """The AWS environment pointing at the local server; returns a fresh bucket's name."""
+    import pyarrow.fs as pafs
+
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    bucket = f"tc-{uuid.uuid4().hex[:12]}"
+    host = s3_endpoint.split("://", 1)[1]
+    pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1",
+                      allow_bucket_creation=True).create_dir(bucket)
+    return bucket

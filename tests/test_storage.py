@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -13,42 +12,9 @@ import pytest
 
 from teacher_cache.base.errors import UserError
 from teacher_cache.storage import Store, store_for
+from tests.conftest import free_port
 
-moto_server = pytest.importorskip("moto.server")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A moto S3 server on a free local port, for the whole session: 'http://127.0.0.1:PORT'."""
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(monkeypatch, s3_endpoint):
-    """The AWS environment pointing at the local server; returns a fresh bucket's name."""
-    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    bucket = f"tc-{uuid.uuid4().hex[:12]}"
-    host = s3_endpoint.split("://", 1)[1]
-    pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1",
-                      allow_bucket_creation=True).create_dir(bucket)
-    return bucket
+pytest.importorskip("moto.server")
 
 
 @pytest.fixture(params=["local", "s3"])
