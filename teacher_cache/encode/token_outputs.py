@@ -19,6 +19,7 @@ import torch
 
 from teacher_cache.base.atomic import atomic_path, fresh_file
 from teacher_cache.base.progress import note
+from teacher_cache.base.user_dirs import user_cache_dir
 from teacher_cache.encode.teacher import Teacher
 from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY
 
@@ -49,14 +50,6 @@ def compute_token_outputs(teacher: Teacher, batch_size: int = 1024) -> np.ndarra
             hidden = teacher.model(**inputs).last_hidden_state.float()
         out[first:first + len(ids)] = hidden.mean(dim=1).cpu().numpy()
     return out
-
-
-def user_cache_dir() -> Path:
-    """Where results shared by every cache of one teacher live: $TC_CACHE_DIR, else $XDG_CACHE_HOME/teacher-cache,
-    else ~/.cache/teacher-cache."""
-    if os.environ.get("TC_CACHE_DIR"):
-        return Path(os.environ["TC_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "teacher-cache"
 
 
 def shared_copy_path(teacher_hash: str) -> Path:
