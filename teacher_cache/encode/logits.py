@@ -1,8 +1,9 @@
 """A cache of a fine-tuned teacher's logits over a task's training rows (kind "logits", one `logits` column).
 
-Same machinery as `tc encode`: Arrow shards written atomically, a manifest saved after each one, a rerun resumes
-after the last complete shard and refuses other settings without --force. Ids are the rows' positions in the
-task's training file, and each row's text is stored (pairs joined by a tab), so a KD run can check the rows match.
+The same writer as `tc encode` (teacher_cache/cache_writer.py): Arrow shards written atomically, a manifest saved
+after each one, a rerun resumes after the last complete shard and refuses other settings without --force. Ids are
+the rows' positions in the task's training file, and each row's text is stored (pairs joined by a tab), so a KD
+run can check the rows match.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import numpy as np
 import torch
 
 from teacher_cache.base.errors import CacheError
-from teacher_cache.base.lock import FolderLock
 from teacher_cache.base.progress import Progress, log
-from teacher_cache.cache_files import other_files, previous_cache, record_files, resume, wipe_cache
-from teacher_cache.manifest import CacheManifest, ShardInfo
-from teacher_cache.shards import ShardRows, ShardWriter
+from teacher_cache.cache_writer import CacheWriter
+from teacher_cache.manifest import CacheManifest
+from teacher_cache.shards import ShardRows
 
 LOGITS_COLUMN = "logits"
 # (first row id, rows of a chunk) -> (logits (rows, n_out), word-pieces per row)
@@ -57,34 +57,35 @@ def logits_manifest(teacher: str, teacher_hash: str, n_out: int, max_length: int
 
 def write_logits_cache(out: str | Path, rows: list[str], compute: LogitFn, manifest: CacheManifest,
                        force: bool = False, quiet: bool = False) -> CacheManifest:
-    """Write (or finish) the logits cache of `rows` at `out`, computing logits a shard at a time."""
-    out = Path(out)
+    """Write (or finish) the logits cache of `rows` at `out` (a folder or a store URL), a shard at a time."""
     if not rows:
         raise CacheError("no rows to cache logits for")
-    with FolderLock(out, "tc cache-logits"):  # one writer per folder
-        return _write_logits_cache(out, rows, compute, manifest, force, quiet)
+    writer = CacheWriter(out, "tc cache-logits").acquire()  # one writer per folder
+    try:
+        return _write_logits_cache(writer, rows, compute, manifest, force, quiet)
+    finally:
+        writer.release()
 
 
-def _write_logits_cache(out: Path, rows: list[str], compute: LogitFn, manifest: CacheManifest, force: bool,
-                        quiet: bool) -> CacheManifest:
-    existing, replacing = previous_cache(out, force)  # a --force run replaces the old cache at its first shard
+def _write_logits_cache(writer: CacheWriter, rows: list[str], compute: LogitFn, manifest: CacheManifest,
+                        force: bool, quiet: bool) -> CacheManifest:
+    existing, replacing = writer.previous(force)  # a --force run replaces the old cache at its first shard
     if existing is not None:
         more = [f"{key}: {getattr(existing, key)!r} != {getattr(manifest, key)!r}" for key in ("kind", "dim")
                 if getattr(existing, key) != getattr(manifest, key)]
         if existing.extra.get("task") != manifest.extra.get("task"):
             more.append(f"task: {existing.extra.get('task')!r} != {manifest.extra.get('task')!r}")
-        if resume(out, manifest, existing, more):
-            log(f"{out}: logits cache already complete ({existing.rows:,} rows); nothing to do")
+        if writer.resume(manifest, existing, more):
+            log(f"{writer.where}: logits cache already complete ({existing.rows:,} rows); nothing to do")
             return existing
         manifest.extra.setdefault("other_files", [])
     else:
-        manifest.extra["other_files"] = [] if replacing else other_files(out)
+        manifest.extra["other_files"] = [] if replacing else writer.user_files()
     done = sum(s.rows for s in manifest.shards)
     if not replacing:
-        manifest.save(out)
-    writer = ShardWriter(out, "arrow", "float32")
+        writer.save(manifest)
     progress = Progress("logits", len(rows), quiet=quiet, start=done)
-    for index in range(len(manifest.shards), (len(rows) + manifest.shard_size - 1) // manifest.shard_size):
+    for _ in range(len(manifest.shards), (len(rows) + manifest.shard_size - 1) // manifest.shard_size):
         chunk = rows[done:done + manifest.shard_size]
         logits, n_tokens = compute(done, chunk)
         if logits.shape != (len(chunk), manifest.dim):
@@ -92,16 +93,10 @@ def _write_logits_cache(out: Path, rows: list[str], compute: LogitFn, manifest: 
         shard = ShardRows(ids=np.arange(done, done + len(chunk), dtype=np.int64), texts=chunk, vectors={},
                           n_tokens=np.asarray(n_tokens, dtype=np.int32), extra={LOGITS_COLUMN: logits})
         if replacing is not False:  # --force: the old cache goes only now that the new one has its first shard
-            wipe_cache(out, replacing)
-            manifest.extra["other_files"], replacing = other_files(out), False
-        path, checksum = writer.write(index, shard)
-        manifest.shards.append(ShardInfo(file=path.name, rows=len(chunk), id_start=done, id_end=done + len(chunk) - 1,
-                                         sha256=checksum, n_tokens=int(np.sum(n_tokens)), bytes=path.stat().st_size))
-        manifest.save(out)
+            writer.wipe(replacing)
+            manifest.extra["other_files"], replacing = writer.user_files(), False
+        writer.commit(manifest, shard)
         done += len(chunk)
         progress.update(len(chunk))
     progress.close()
-    record_files(out, manifest)
-    manifest.complete = True
-    manifest.save(out)
-    return manifest
+    return writer.finish(manifest)

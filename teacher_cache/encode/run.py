@@ -19,9 +19,8 @@ import numpy as np
 
 from teacher_cache.base.atomic import atomic_path
 from teacher_cache.base.errors import CacheError, CorpusError, reason
-from teacher_cache.base.lock import FolderLock
 from teacher_cache.base.progress import Progress, log, warn
-from teacher_cache.cache_files import other_files, previous_cache, record_files, resume, wipe_cache
+from teacher_cache.cache_writer import CacheWriter
 from teacher_cache.encode.batching import BatchEncoder, resolve_precision
 from teacher_cache.encode.config import EncodeConfig
 from teacher_cache.encode.corpus import CorpusStats, iter_corpus, resolve_corpus
@@ -29,8 +28,8 @@ from teacher_cache.encode.prefetch import chunked, count_rows, prefetch
 from teacher_cache.encode.teacher import Teacher, load_teacher
 from teacher_cache.encode.token_outputs import TOKEN_OUTPUTS_FILE, save_token_outputs
 from teacher_cache.fingerprint import LEGACY_FINGERPRINT_NOTE, fingerprint_like, is_legacy_fingerprint
-from teacher_cache.manifest import CacheManifest, ShardInfo, embedding_column
-from teacher_cache.shards import ShardRows, ShardWriter
+from teacher_cache.manifest import CacheManifest, embedding_column
+from teacher_cache.shards import ShardRows
 
 __all__ = ["EncodeConfig", "EncodeRun", "encode_corpus", "start_encode"]
 
@@ -62,7 +61,7 @@ class EncodeRun:
 
     cfg: EncodeConfig
     files: list[Path]
-    out: Path
+    writer: CacheWriter  # holds the lock from start_encode until close(): one writer per folder
     teacher: Teacher
     poolings: list[str]
     normalize: bool
@@ -73,7 +72,6 @@ class EncodeRun:
     chunks: Iterator[list[str]] | None  # None when the cache was already complete
     done_rows: int = 0
     timing: dict = field(default_factory=lambda: {"encode_s": 0.0, "write_s": 0.0, "rows": 0})
-    lock: FolderLock | None = None  # held from start_encode until close(): one writer per folder
     replacing: CacheManifest | bool = False  # --force over a cache: kept until the first new shard is ready
     started: bool = False  # True once this run has written into `out`
 
@@ -82,20 +80,22 @@ class EncodeRun:
         if self.started:
             return
         if self.replacing is not False:
-            wipe_cache(self.out, self.replacing)
+            self.writer.wipe(self.replacing)
             self.replacing = False
         if not self.manifest.shards and "other_files" not in self.manifest.extra:
-            self.manifest.extra["other_files"] = other_files(self.out)  # the user's files, not the cache's
+            self.manifest.extra["other_files"] = self.writer.user_files()  # the user's files, not the cache's
         save_teacher_files(self.teacher, self.out)
-        record_files(self.out, self.manifest)
-        self.manifest.save(self.out)  # from here on, a killed run can be resumed
+        self.writer.save(self.manifest)  # from here on, a killed run can be resumed
         self.started = True
+
+    @property
+    def out(self) -> Path:
+        """The local folder the run writes into (the cache, or the staging folder of a remote one)."""
+        return self.writer.out
 
     def close(self) -> None:
         """Release the folder lock (the run's files stay as they are)."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        self.writer.release()
 
     def __enter__(self) -> EncodeRun:
         return self
@@ -118,24 +118,20 @@ class EncodeRun:
         """Record the resolved precision in the manifest (saved) before the first shard is written."""
         self.precision = self.manifest.precision = precision
         if self.started:  # a --force run saves nothing before its first shard: the old cache stays whole until then
-            self.manifest.save(self.out)
+            self.writer.save(self.manifest)
 
     def commit(self, texts: list[str], vectors: dict[str, np.ndarray], n_tokens: np.ndarray,
                extra: dict[str, np.ndarray] | None = None) -> None:
         """Write the next shard (ids continue from the last one) atomically and add it to the saved manifest."""
-        start, index = self.done_rows, len(self.manifest.shards)
+        start = self.done_rows
         rows = ShardRows(ids=np.arange(start, start + len(texts), dtype=np.int64), texts=texts,
                          vectors={embedding_column(p, i): vectors[p] for i, p in enumerate(self.poolings)},
                          n_tokens=np.asarray(n_tokens, dtype=np.int32), extra=extra)
         self.begin_writing()
         started = time.perf_counter()
-        path, checksum = ShardWriter(self.out, self.cfg.format, self.cfg.dtype).write(index, rows)
+        self.writer.commit(self.manifest, rows)  # written, listed, manifest saved (uploaded, for a URL)
         self.timing["write_s"] += time.perf_counter() - started
         self.timing["rows"] += len(texts)
-        self.manifest.shards.append(ShardInfo(file=path.name, rows=len(texts), id_start=start,
-                                              id_end=start + len(texts) - 1, sha256=checksum,
-                                              n_tokens=int(rows.n_tokens.sum()), bytes=path.stat().st_size))
-        self.manifest.save(self.out)
         self.done_rows += len(texts)
 
     def finish(self, **run_info) -> CacheManifest:
@@ -150,9 +146,7 @@ class EncodeRun:
                                           "missing_text_rows": stats.missing_text, "ragged_rows": stats.ragged_count}
         manifest.extra["last_run"] = {**{k: round(v, 3) for k, v in self.timing.items()}, **run_info}
         save_token_outputs(self.teacher, self.out, manifest.teacher_hash)  # before "complete": a crash resumes
-        record_files(self.out, manifest)  # the checksum of every file written since the manifest was begun
-        manifest.complete = True
-        manifest.save(self.out)
+        self.writer.finish(manifest)  # every file written since the manifest was begun recorded, the manifest last
         report_stats(self.cfg, stats, max_chars=self.max_length * 100)  # the cut iter_corpus was given
         return manifest
 
@@ -165,19 +159,18 @@ def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
     """
     cfg.validate()
     files = resolve_corpus(cfg.corpus, cfg.text_column)
-    out = Path(cfg.out)
-    lock = FolderLock(out, "tc encode").acquire()  # before anything in `out` is read: one writer at a time
+    writer = CacheWriter(cfg.out, "tc encode", cfg.format, cfg.dtype)
+    writer.acquire()  # before anything in `out` is read: one writer at a time
     try:
-        run = _start_encode(cfg, files, out, device)
+        return _start_encode(cfg, files, writer, device)
     except BaseException:
-        lock.release()
+        writer.release()
         raise
-    run.lock = lock
-    return run
 
 
-def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str | None) -> EncodeRun:
-    existing, replacing = previous_cache(out, cfg.force)
+def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, device: str | None) -> EncodeRun:
+    out = writer.where  # for messages: the folder or URL the user named
+    existing, replacing = writer.previous(cfg.force)
     teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.online)
     if cfg.max_length > teacher.max_position:
         warn(f"--max-length {cfg.max_length}: the teacher reads at most {teacher.max_position} word-pieces; using "
@@ -199,7 +192,7 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
         precision=precision, text_column=cfg.text_column,
         columns={embedding_column(p, i): p for i, p in enumerate(poolings)})
     manifest.extra["max_rows"] = cfg.max_rows
-    run = EncodeRun(cfg=cfg, files=files, out=out, teacher=teacher, poolings=poolings, normalize=bool(normalize),
+    run = EncodeRun(cfg=cfg, files=files, writer=writer, teacher=teacher, poolings=poolings, normalize=bool(normalize),
                     max_length=max_length, precision=precision, manifest=manifest, stats=CorpusStats(), chunks=None,
                     replacing=replacing)
     if existing is not None:
@@ -210,11 +203,10 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], out: Path, device: str |
             log(f"{out}: growing the cache from its first {existing.rows:,} rows "
                 f"(--max-rows {existing.extra['max_rows']}) to {target} rows")
             existing.complete, max_rows = False, []
-        if resume(out, manifest, existing, max_rows):
-            if save_token_outputs(teacher, out, manifest.teacher_hash):
+        if writer.resume(manifest, existing, max_rows):
+            if save_token_outputs(teacher, writer.out, manifest.teacher_hash):
                 log(f"{out}: added the teacher's per-token outputs ({TOKEN_OUTPUTS_FILE})")
-                record_files(out, existing)
-                existing.save(out)
+                writer.save(existing)
             log(f"{out}: cache already complete ({existing.rows:,} rows, checksums match); nothing to do")
             run.manifest = existing
             return run
