@@ -25,22 +25,29 @@ from finetune.prepare import Prepared
 from finetune.task_data import TaskData
 from finetune.task_model import HEAD_NAME, TASK_JSON
 from student.tokenizer import TOKENIZER_FILES
-from student.training.checkpoint import clear_output, not_empty, refuse_unsafe_out
+from student.training.checkpoint import CHECKPOINT_DIR, OUTPUT_DIRS
 from student.training.optim import adamw, all_finite, clip_gradients, diverged, lr_factor, param_groups
 from teacher_cache.base.atomic import atomic_write
-from teacher_cache.base.lock import LOCK_NAME, FolderLock
+from teacher_cache.base.out_folder import OutFolder
 from teacher_cache.base.progress import log
 
 # What a fine-tuning run writes into --out (student or transformers teacher); --force replaces these only.
 OWN_FILES = (TASK_JSON, HEAD_NAME, "metrics.json", "config.json", "model.safetensors", "generation_config.json",
              *TOKENIZER_FILES)
+# The folders --force removes too: a static student's sentence-transformers module, and (as the training run's
+# rules always did here) a training checkpoint/.
+OWN_DIRS = (CHECKPOINT_DIR, *OUTPUT_DIRS)
+
+
+def finetune_out(out: str | Path, model: str | Path | None = None) -> OutFolder:
+    """The --out of a fine-tuning run: its own files, its input the --model folder."""
+    return OutFolder(out, "tc finetune", own=OWN_FILES, own_dirs=OWN_DIRS,
+                     inputs={} if model is None else {"--model": Path(model)})
 
 
 def check_out(out: str | Path, model: str | Path, force: bool) -> None:
     """Refuse an --out that is (or overlaps) the model folder, is a file, or holds other things without --force."""
-    present = [name for name in refuse_unsafe_out(Path(out), Path(model), "--model") if name != LOCK_NAME]
-    if present and not force:
-        raise not_empty(Path(out), present)
+    finetune_out(out, model).check(force)
 
 
 def holding_out(run: Callable[..., dict]) -> Callable[..., dict]:
@@ -49,8 +56,7 @@ def holding_out(run: Callable[..., dict]) -> Callable[..., dict]:
 
     @functools.wraps(run)
     def locked(cfg: FinetuneConfig, *args, **kwargs) -> dict:
-        refuse_unsafe_out(Path(cfg.out), Path(cfg.model), "--model")  # before the lock creates the folder
-        with FolderLock(cfg.out, "tc finetune"):
+        with finetune_out(cfg.out, cfg.model).hold():
             return run(cfg, *args, **kwargs)
 
     return locked
@@ -58,7 +64,7 @@ def holding_out(run: Callable[..., dict]) -> Callable[..., dict]:
 
 def clear_out(out: str | Path) -> None:
     """Create --out, removing what an earlier fine-tuning run wrote there (its own files only)."""
-    clear_output(out, OWN_FILES)
+    finetune_out(out).clear_own()
     Path(out).mkdir(parents=True, exist_ok=True)
 
 

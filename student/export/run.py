@@ -33,7 +33,8 @@ from student.export.onnx_student import OnnxStudent
 from student.student import load_student_folder
 from teacher_cache.base.atomic import fsync_file
 from teacher_cache.base.errors import NO_SPACE, UserError, reason
-from teacher_cache.base.lock import LOCK_NAME, FolderLock
+from teacher_cache.base.lock import LOCK_NAME
+from teacher_cache.base.out_folder import OutFolder
 from teacher_cache.base.progress import log
 from teacher_cache.base.signals import sigterm_as_interrupt
 
@@ -111,16 +112,17 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     model, out = Path(model), Path(out)
-    check_out(out, model)
+    folder = export_out(out, model)
+    folder.refuse_unsafe()  # before anything is read, written or removed
     student = load_student_folder(model)
     if to == "model2vec":
         check_model2vec_student(student.config, model)
     else:
         import_onnx()
-    check_empty(out, force)  # before the lock creates the folder: a refused run leaves nothing
+    folder.check(force)  # before the lock creates the folder: a refused run leaves nothing
     dest = Path(os.path.abspath(out))  # ".." and the like resolved, so that siblings are named beside the folder
-    with sigterm_as_interrupt(), FolderLock(out, "tc export"):
-        check_empty(out, force)  # again under the lock: an export that finished meanwhile is not replaced unasked
+    with sigterm_as_interrupt(), folder.hold():
+        folder.check(force)  # again under the lock: an export that finished meanwhile is not replaced unasked
         remove_stale_temps(dest)
         tmp = temp_folder(dest, os.getpid())
         try:
@@ -140,30 +142,10 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
     return ExportResult(out, to, dtype, folder_bytes(dest), cosine)
 
 
-def check_empty(out: Path, force: bool) -> None:
-    """Refuse an --out that holds something (a lock file left by a killed run aside) unless --force."""
-    present = [p.name for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
-    if present and not force:
-        raise UserError(f"--out {out}: exists and is not empty; pass --force to replace it")
-
-
-def check_out(out: Path, model: Path) -> None:
-    """Refuse, before anything is written or removed, an --out that is a file, overlaps --model (the same folder,
-    inside it or holding it: --force would delete the student), or is the current folder or one above it."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
-    here, target = Path.cwd().resolve(), out.resolve()
-    if target == here or target in here.parents:
-        raise UserError(f"--out {out}: is the current folder or one above it; name a new folder, e.g. "
-                         "--out exported/")
-    if model.exists():
-        source = model.resolve()
-        if target == source:
-            raise UserError(f"--out {out}: is the --model folder; name a new folder")
-        if source in target.parents:
-            raise UserError(f"--out {out}: is inside --model {model}; name a new folder")
-        if target in source.parents:
-            raise UserError(f"--out {out}: holds --model {model}; name a new folder")
+def export_out(out: str | Path, model: str | Path) -> OutFolder:
+    """The --out of an export: replaced whole by the finished export, so never the current folder or above it, and
+    never overlapping --model (the same folder, inside it or holding it: --force would delete the student)."""
+    return OutFolder(out, "tc export", inputs={"--model": Path(model)}, replaced_whole=True)
 
 
 def temp_folder(dest: Path, pid: int | str) -> Path:

@@ -1,4 +1,5 @@
-"""Training checkpoints (atomic, one file) and the output-folder rules: refuse to clobber, resume only alike."""
+"""Training checkpoints (atomic, one file) and what --out means to a training run (the rules themselves:
+teacher_cache/base/out_folder.py): refuse to clobber, resume only alike."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from student.config import CONFIG_NAME
 from student.tokenizer import TOKENIZER_FILES
 from teacher_cache.base.atomic import atomic_path
 from teacher_cache.base.errors import CacheError, UserError, first_line, reason
-from teacher_cache.base.lock import LOCK_NAME, FolderLock
+from teacher_cache.base.out_folder import OutFolder
 from teacher_cache.base.safe_paths import real_folder, remove_tree
 
 CHECKPOINT_DIR = "checkpoint"
@@ -84,58 +85,42 @@ def load_checkpoint(out: str | Path, settings: dict) -> dict:
     return state
 
 
-def _inside(a: Path, b: Path) -> bool:
-    """True when `a` is `b` or lies inside it."""
-    return a == b or b in a.parents
+def training_out(out: str | Path, shards: str | Path | None = None, command: str = "tc train-student") -> OutFolder:
+    """The --out of a training run: its own files, its input the cache folder `shards`."""
+    return OutFolder(out, command, own=OUTPUT_FILES, own_dirs=(CHECKPOINT_DIR, *OUTPUT_DIRS),
+                     inputs={} if shards is None else {"cache": Path(shards)})
 
 
-def refuse_unsafe_out(out: Path, other: Path, other_flag: str) -> list[str]:
-    """Refuse an --out that is a file or overlaps `other` (the input folder); return what --out holds now."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
-    if other.exists():
-        a, b = out.resolve(), other.resolve()
-        if _inside(a, b) or _inside(b, a):
-            raise UserError(f"--out {out}: overlaps the {other_flag} folder {other}; choose another folder")
-    return sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+EARLIER_RUN = "holds an earlier training run; pass --resume to continue it or --force to start over"
 
 
-def not_empty(out: Path, present: list[str]) -> UserError:
-    """The one-line refusal of an --out that holds other things."""
-    shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-    return UserError(f"--out {out}: not empty (holds {shown}); choose an empty folder or pass --force")
+def earlier_run(present: list[str]) -> str | None:
+    """What a not-empty --out is said to hold when it is an earlier training run (None: the plain 'not empty')."""
+    return EARLIER_RUN if CHECKPOINT_DIR in present or "training_args.json" in present else None
 
 
 def check_output(out: str | Path, shards: str | Path, resume: bool, force: bool) -> None:
     """Refuse an --out that would lose something: the cache itself, another folder's files, an earlier run."""
-    out, shards = Path(out), Path(shards)
+    out = Path(out)
     if resume and force:
         raise UserError("--resume and --force: choose one (--force starts over, --resume continues)")
-    present = [name for name in refuse_unsafe_out(out, shards, "cache") if name != LOCK_NAME]
-    if CHECKPOINT_DIR in present and not checkpoint_file(out).exists():
-        present.remove(CHECKPOINT_DIR)  # what a failed first checkpoint left: nothing to resume, nothing to keep
+    folder = training_out(out, shards)
     if resume:
+        folder.refuse_unsafe()
         if not checkpoint_file(out).exists() and (out / "training_args.json").exists():
             raise UserError(f"--resume: {out} holds a finished student and no checkpoint; nothing to resume "
                              "(pass --force without --resume to train again)")
         if not checkpoint_file(out).exists():
             raise UserError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}; start without --resume")
         return
-    if not present or force:
-        return
-    if CHECKPOINT_DIR in present or "training_args.json" in present:
-        raise UserError(f"--out {out}: holds an earlier training run; pass --resume to continue it "
-                         "or --force to start over")
-    raise not_empty(out, present)
+    # what a failed first checkpoint left counts for nothing: nothing to resume, nothing to keep
+    unfinished = () if checkpoint_file(out).exists() else (CHECKPOINT_DIR,)
+    folder.check(force, ignore=unfinished, earlier=earlier_run)
 
 
-def clear_output(out: str | Path, names: tuple[str, ...] = OUTPUT_FILES) -> None:
-    """Remove what an earlier run wrote into `out` (its own files `names` and checkpoint only)."""
-    out = Path(out)
-    for name in names:
-        (out / name).unlink(missing_ok=True)
-    for name in (CHECKPOINT_DIR, *OUTPUT_DIRS):
-        remove_tree(out / name)  # a symlink there: the link goes, never what it points to
+def clear_output(out: str | Path) -> None:
+    """Remove what an earlier training run wrote into `out` (its own files and checkpoint only)."""
+    training_out(out).clear_own()
 
 
 @contextmanager
@@ -148,11 +133,11 @@ def hold_output(out: str | Path, shards: str | Path, command: str = "tc train-st
     if os.environ.get("RANK", "0") != "0":  # the other ranks never write into --out
         yield
         return
-    refuse_unsafe_out(Path(out), Path(shards), "cache")  # before the lock creates the folder
-    with FolderLock(out, command):
-        folder = Path(out) / CHECKPOINT_DIR
-        if (folder.is_dir() or folder.is_symlink()) and not checkpoint_file(out).exists():
-            remove_tree(folder)
+    folder = training_out(out, shards, command)
+    with folder.hold():
+        leftover = folder.path / CHECKPOINT_DIR
+        if (leftover.is_dir() or leftover.is_symlink()) and not checkpoint_file(out).exists():
+            remove_tree(leftover)
         yield
 
 
