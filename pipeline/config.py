@@ -7,14 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from teacher_cache.base.settings import EPOCHS, SEED, Checked, count, positive, setting
+from teacher_cache.shard_cache import parse_size
 
 
 @dataclass
 class ProbeConfig(Checked):
     """Knobs of `tc probe`."""
 
-    shards: Path = setting(Path("out"), "Teacher cache folder (from tc encode).")
+    shards: str = setting("out", "Teacher cache (from tc encode): a folder or a store URL (s3://bucket/prefix).")
     student: Path = setting(Path("student_out"), "Student folder (from tc train-student).")
+    cache_dir: str | None = setting(None, "A remote --shards' local shard cache (default: under the user cache dir).")
+    cache_limit: int | None = setting(None, "Most bytes a remote --shards' local shard cache holds (default 20GB).",
+                                      parse=parse_size)
     k: int = setting(10, "Neighbours compared per query.", check=count(1))
     queries: int | None = setting(None, "Held-out query rows (default: 1000, or a fifth of the rows probed if "
                                         "fewer).", check=count(1))

@@ -94,7 +94,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
 
 def probe(cfg: ProbeConfig) -> dict:
     """The probe itself (run_probe holds the --report lock)."""
-    cache = open_cache(cfg.shards)
+    cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit)
     column = cache.vector_column(cfg.column)
     try:
         cache.read_shard(0, ["text"])

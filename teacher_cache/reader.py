@@ -1,7 +1,16 @@
-"""Reading a teacher cache: manifest, batches of (ids, texts, vectors) in a chosen order, polars, verification."""
+"""Reading a teacher cache: manifest, batches of (ids, texts, vectors) in a chosen order, polars, verification.
+
+A cache is a local folder or a store URL (s3://bucket/prefix, ...). A remote cache is read through a local mirror
+(`remote_mirror`): its small files (tokenizer/, token embeddings, token outputs) are fetched once and checked against
+the manifest's sha256; its shards go through a bounded ShardCache (teacher_cache/shard_cache.py) that fetches them
+ahead of the reader, checks them on arrival and evicts the least recently used, so a reader never holds the whole
+cache on disk. The writer's lock is local (see cache_writer.py): it is checked for local caches only.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,11 +18,44 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from teacher_cache.base.atomic import atomic_path
 from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_line
 from teacher_cache.base.lock import holder
+from teacher_cache.base.user_dirs import user_cache_dir
 from teacher_cache.cache_files import file_problem
-from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
+from teacher_cache.manifest import MANIFEST_NAME, TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
+from teacher_cache.shard_cache import ShardCache, parse_size
 from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
+from teacher_cache.storage import Store
+
+DEFAULT_CACHE_LIMIT = "20GB"  # the local shard cache of a remote cache (--cache-limit)
+# Shards a remote reader keeps from eviction: the one being read (readers copy rows out of a shard before the next;
+# a table still mapped when its file is evicted stays readable on Linux, only its disk space comes back later).
+PINNED_SHARDS = 1
+
+
+def remote_mirror(url: str, cache_dir: str | Path | None = None) -> Path:
+    """The local folder of one remote cache: its small files and its shard cache (under --cache-dir, default the
+    user cache dir), named by a hash of the URL so caches never share one."""
+    root = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "remote"
+    return root / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:20]
+
+
+def load_remote_manifest(store: Store) -> CacheManifest:
+    """The manifest of the cache at a store URL, with the same checks as a local one (types, plain names)."""
+    if not store.exists(MANIFEST_NAME):
+        if store.bucket_missing():
+            raise store.missing(MANIFEST_NAME)
+        raise CacheError(f"{store.url}: not a teacher cache (no {MANIFEST_NAME}); make one with `tc encode --out "
+                         f"{store.url}`")
+    where = store.where(MANIFEST_NAME)
+    try:
+        data = json.loads(store.read_bytes(MANIFEST_NAME))
+    except (ValueError, RecursionError) as exc:
+        raise CacheError(f"{where}: unreadable manifest ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise CacheError(f"{where}: malformed manifest (not a JSON object)")
+    return CacheManifest.from_dict(data, where)  # every name it holds is checked to be a plain relative name
 
 
 @dataclass
@@ -29,22 +71,38 @@ class CacheBatch:
 class TeacherCache:
     """An opened cache folder; reads shards lazily (Arrow shards are memory-mapped, never loaded whole)."""
 
-    def __init__(self, directory: str | Path, allow_partial: bool = False, allow_writer: bool = False):
-        """Open `directory`; refused while a writer holds it, unfinished, or when shard 0's widths are not its dim."""
-        self.directory = Path(directory)
-        self.manifest = CacheManifest.load(self.directory)
-        writer = None if allow_writer else holder(self.directory)
+    def __init__(self, directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
+                 cache_dir: str | Path | None = None, cache_limit: str | int | None = None):
+        """Open `directory` (a folder or a store URL); refused while a writer holds it, unfinished, or when shard
+        0's widths are not its dim. `cache_dir` and `cache_limit` (bytes, or '20GB') size a remote cache's local
+        shard cache."""
+        self.store = Store.open(directory)
+        self.remote = not self.store.is_local
+        self.location = self.store.url if self.remote else str(directory)
+        self._shard_cache: ShardCache | None = None
+        self._pinned: list[int] = []
+        self._synced = False
+        if self.remote:
+            self.directory = remote_mirror(self.store.url, cache_dir)
+            self.manifest = load_remote_manifest(self.store)
+            limit = DEFAULT_CACHE_LIMIT if cache_limit is None else cache_limit
+            self.cache_limit = limit if isinstance(limit, int) else parse_size(str(limit), "--cache-limit")
+            writer = None
+        else:
+            self.directory = Path(directory)
+            self.manifest = CacheManifest.load(self.directory)
+            writer = None if allow_writer else holder(self.directory)
         if writer and not self.manifest.complete:
-            raise CacheError(f"{self.directory}: the cache is still being written (by {writer}); wait for it "
+            raise CacheError(f"{self.location}: the cache is still being written (by {writer}); wait for it "
                              "to finish")
         if writer:  # a resume, grow or --force rewrite: a reader now would mix old and new shards
-            raise CacheError(f"{self.directory}: the cache is being written again (by {writer}); wait for it to "
+            raise CacheError(f"{self.location}: the cache is being written again (by {writer}); wait for it to "
                              "finish: reading it meanwhile would mix old and new shards")
         if not self.manifest.complete and not allow_partial:
-            raise CacheError(f"{self.directory}: the cache is incomplete (being written, or an encode was "
+            raise CacheError(f"{self.location}: the cache is incomplete (being written, or an encode was "
                              "interrupted); rerun the same `tc encode` command to finish it")
         if not self.manifest.shards:
-            raise CacheError(f"{self.directory}: the cache holds no shard")
+            raise CacheError(f"{self.location}: the cache holds no shard")
         try:  # one shard's schema, cheap at any cache size; `verify` checks every shard
             problem = self.width_problem(0)
         except Exception:  # a missing or unreadable shard is named when it is read, and by `verify`
@@ -58,7 +116,7 @@ class TeacherCache:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return f"TeacherCache({str(self.directory)!r}, rows={len(self)}, dim={m.dim}, pooling={m.pooling})"
+        return f"TeacherCache({self.location!r}, rows={len(self)}, dim={m.dim}, pooling={m.pooling})"
 
     @property
     def dim(self) -> int:
@@ -67,19 +125,83 @@ class TeacherCache:
 
     @property
     def shard_paths(self) -> list[Path]:
-        """Paths of the shard files, in id order."""
+        """Paths of the shard files, in id order (local caches only: a remote one's come and go)."""
+        if self.remote:
+            raise CacheError(f"{self.location}: a remote cache's shards are read one at a time, not listed as files")
         return [self.directory / s.file for s in self.manifest.shards]
+
+    def shard_where(self, index: int) -> str:
+        """Shard `index` as a path or URL, for messages."""
+        file = self.manifest.shards[index].file
+        return self.store.where(file) if self.remote else str(self.directory / file)
+
+    @property
+    def shard_cache(self) -> ShardCache:
+        """The local shard cache of a remote cache (made on first use, in this process)."""
+        if self._shard_cache is None:
+            self._shard_cache = ShardCache(self.store, self.manifest.shards, self.directory / "shards",
+                                           self.cache_limit)
+        return self._shard_cache
+
+    def schedule(self, order: list[int]) -> None:
+        """Tell a remote cache the order its shards will be read in, so they are fetched ahead (local: nothing)."""
+        if self.remote:
+            self.shard_cache.schedule(list(order))
+
+    def shard_file(self, index: int) -> Path:
+        """A local file holding shard `index` (for a remote cache: fetched and checked, kept from eviction while
+        it is among the last PINNED_SHARDS read)."""
+        if not self.remote:
+            return self.directory / self.manifest.shards[index].file
+        if index in self._pinned:  # read again: its pin is renewed by the get below, not doubled
+            self._pinned.remove(index)
+            self.shard_cache.release(index)
+        else:  # room first: the limit need only hold PINNED_SHARDS shards and the ones fetched ahead
+            while len(self._pinned) >= PINNED_SHARDS:
+                self.shard_cache.release(self._pinned.pop(0))
+        path = self.shard_cache.get(index)
+        self._pinned.append(index)
+        return path
+
+    def detach(self) -> None:
+        """Forget this process's download state (a forked DataLoader worker makes its own on first use)."""
+        self._shard_cache, self._pinned = None, []
+
+    def close(self) -> None:
+        """Stop a remote cache's downloads (its local copies stay for the next run)."""
+        if self._shard_cache is not None:
+            self._shard_cache.close()
+            self._shard_cache = None
+            self._pinned = []
+
+    def local_files(self) -> Path:
+        """The folder of the cache's small files; for a remote cache they are fetched into its mirror first
+        (once, each checked against the manifest's sha256)."""
+        if self.remote and not self._synced:
+            for rel, record in self.manifest.files.items():
+                target = self.directory / "files" / rel
+                if target.is_file() and file_problem(self.directory / "files", rel, record) is None:
+                    continue
+                data = self.store.read_bytes(rel)
+                if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+                    raise CacheIntegrityError(f"{self.store.where(rel)}: checksum mismatch (the object changed "
+                                              f"after it was written); run `tc verify {self.location}`")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp:
+                    tmp.write_bytes(data)
+            self._synced = True
+        return self.directory / "files" if self.remote else self.directory
 
     @property
     def tokenizer_path(self) -> Path:
         """Folder holding the teacher's tokenizer files."""
-        return self.directory / (self.manifest.tokenizer_dir or "tokenizer")
+        return self.local_files() / (self.manifest.tokenizer_dir or "tokenizer")
 
     def token_embeddings(self) -> np.ndarray:
         """The teacher's input token-embedding matrix (vocab x dim, float32)."""
         from safetensors.numpy import load_file
 
-        path = self.directory / (self.manifest.token_embeddings_file or "token_embeddings.safetensors")
+        path = self.local_files() / (self.manifest.token_embeddings_file or "token_embeddings.safetensors")
         if not path.exists():
             raise CacheError(f"{path}: this cache carries no token-embedding matrix")
         try:
@@ -91,7 +213,7 @@ class TeacherCache:
         """The teacher's output vector for each vocabulary token (vocab x dim, float32), or None when not cached."""
         from safetensors.numpy import load_file
 
-        path = self.directory / TOKEN_OUTPUTS_FILE
+        path = self.local_files() / TOKEN_OUTPUTS_FILE
         return load_file(str(path))[TOKEN_OUTPUTS_KEY].astype(np.float32) if path.exists() else None
 
     def vector_column(self, column: str | None) -> str:
@@ -100,7 +222,7 @@ class TeacherCache:
         if column in self.manifest.columns and column not in columns:  # e.g. `logits` of a logits cache
             return column
         if not columns:
-            raise CacheError(f"{self.directory}: holds {self.manifest.kind} ({', '.join(self.manifest.columns)}), "
+            raise CacheError(f"{self.location}: holds {self.manifest.kind} ({', '.join(self.manifest.columns)}), "
                              "not sentence vectors")
         if column is None:
             return columns[0]
@@ -109,13 +231,18 @@ class TeacherCache:
         for name, pooling in self.manifest.columns.items():
             if pooling == column:
                 return name
-        raise CacheError(f"{self.directory}: no vector column {column!r}; it holds "
+        raise CacheError(f"{self.location}: no vector column {column!r}; it holds "
                          f"{', '.join(f'{c} ({self.manifest.columns.get(c, c)})' for c in columns)}")
 
     def width_problem(self, index: int) -> str | None:
         """How shard `index`'s vector columns disagree with the manifest's dim (read from its schema), or None."""
-        path, dim = self.shard_paths[index], self.manifest.dim
-        widths = column_widths(path)
+        path, dim = self.shard_where(index), self.manifest.dim
+        if self.remote:  # the footer only, in a ranged read: no shard is fetched to open a cache
+            with self.store.open_input(self.manifest.shards[index].file) as source:
+                schema = pa.ipc.open_file(source).schema
+            widths = {f.name: f.type.list_size for f in schema if pa.types.is_fixed_size_list(f.type)}
+        else:
+            widths = column_widths(Path(path))
         for column in dict.fromkeys([*self.manifest.columns, *self.manifest.embedding_columns]):
             if column not in widths:
                 return f"{path}: no vector column {column!r}, which the manifest lists"
@@ -125,13 +252,13 @@ class TeacherCache:
 
     def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
         """One shard as an Arrow table (memory-mapped for Arrow shards)."""
-        path = self.shard_paths[index]
+        path = self.shard_file(index)
         if not path.is_file():
             raise CacheError(f"{path}: shard missing")
         try:
             return read_shard(path, columns)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise CacheIntegrityError(f"{path}: unreadable shard ({exc}); run `tc verify`") from None
+            raise CacheIntegrityError(f"{self.shard_where(index)}: unreadable shard ({exc}); run `tc verify`") from None
 
     def iter_batches(self, batch_size: int = 1024, column: str | None = None, shuffle: bool = False,
                      seed: int = 0, shards: list[int] | None = None, with_texts: bool = True,
@@ -142,6 +269,7 @@ class TeacherCache:
         rng = np.random.default_rng(seed)
         if shuffle:
             rng.shuffle(order)
+        self.schedule(order)
         wanted = ["id", col, "n_tokens"] + (["text"] if with_texts else [])
         for index in order:
             table = self.read_shard(index, wanted)
@@ -159,6 +287,7 @@ class TeacherCache:
     def vectors(self, column: str | None = None, ids: np.ndarray | None = None) -> np.ndarray:
         """All vectors of a column (or only those of `ids`), as float32; for probes on a bounded cache."""
         col = self.vector_column(column)
+        self.schedule(range(len(self.manifest.shards)))
         if ids is None:
             return np.concatenate([np.asarray(vectors_of(self.read_shard(i, [col]), col), dtype=np.float32)
                                    for i in range(len(self.manifest.shards))])
@@ -174,21 +303,43 @@ class TeacherCache:
         return out
 
     def texts(self, ids: np.ndarray | None = None) -> list[str]:
-        """Cached texts, all or those of `ids` (ids are row positions: contiguous from 0)."""
-        parts = [self.read_shard(i, ["text"]).column("text") for i in range(len(self.manifest.shards))]
-        texts = pa.chunked_array([c for p in parts for c in p.chunks])
-        return texts.to_pylist() if ids is None else texts.take(pa.array(np.asarray(ids))).to_pylist()
+        """Cached texts, all or those of `ids` (ids are row positions: contiguous from 0); only the shards that
+        hold them are read."""
+        if ids is None:
+            self.schedule(range(len(self.manifest.shards)))
+            parts = [self.read_shard(i, ["text"]).column("text") for i in range(len(self.manifest.shards))]
+            return pa.chunked_array([c for p in parts for c in p.chunks]).to_pylist()
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        spans = [(i, *np.searchsorted(sorted_ids, [info.id_start, info.id_end + 1]))
+                 for i, info in enumerate(self.manifest.shards)]
+        spans = [(i, lo, hi) for i, lo, hi in spans if hi > lo]
+        self.schedule([i for i, _, _ in spans])
+        out: list[str | None] = [None] * len(ids)
+        for i, lo, hi in spans:
+            column = self.read_shard(i, ["text"]).column("text")
+            picked = column.take(pa.array(sorted_ids[lo:hi] - self.manifest.shards[i].id_start)).to_pylist()
+            for position, text in zip(order[lo:hi], picked, strict=True):
+                out[position] = text
+        if any(t is None for t in out):
+            raise CacheError(f"{self.location}: ids beyond the cache's {len(self):,} rows")
+        return out
 
     def lazy(self):
         """A polars LazyFrame over every shard (Arrow caches only)."""
         import polars as pl
 
+        if self.remote:
+            raise CacheError(f"{self.location}: polars scans local caches only (copy the cache to a folder first)")
         if self.manifest.format != "arrow":
-            raise CacheError(f"{self.directory}: polars scans Arrow caches only (this one is {self.manifest.format})")
+            raise CacheError(f"{self.location}: polars scans Arrow caches only (this one is {self.manifest.format})")
         return pl.scan_ipc([str(p) for p in self.shard_paths])
 
     def verify(self) -> list[str]:
         """Re-check every file (shards: checksum, rows, contiguous ids; the others: checksum); list the problems."""
+        if self.remote:
+            return self.verify_remote()
         problems: list[str] = []
         expected_start = 0
         for index, info in enumerate(self.manifest.shards):
@@ -225,6 +376,77 @@ class TeacherCache:
                 problems.append(problem)
         return problems
 
+    def verify_remote(self) -> list[str]:
+        """`verify` for a cache in a store: every object read once (one shard on local disk at a time)."""
+        problems: list[str] = []
+        expected_start = 0
+        scratch = self.directory / "verify"
+        scratch.mkdir(parents=True, exist_ok=True)
+        for index, info in enumerate(self.manifest.shards):
+            where = self.store.where(info.file)
+            if info.id_start != expected_start:
+                problems.append(f"{where}: ids start at {info.id_start}, expected {expected_start}")
+            expected_start = info.id_end + 1
+            if not self.store.exists(info.file):
+                problems.append(f"{where}: missing")
+                continue
+            size = self.store.size(info.file)
+            if info.bytes and size != info.bytes:
+                problems.append(f"{where}: {size:,} bytes, the manifest says {info.bytes:,} (truncated or changed)")
+                continue
+            local = scratch / info.file
+            try:
+                with atomic_path(local, fsync=False) as tmp, open(tmp, "wb") as out, \
+                        self.store.open_input(info.file) as source:
+                    digest = hashlib.sha256()
+                    for block in iter(lambda: source.read(8 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+                if digest.hexdigest() != info.sha256:
+                    problems.append(f"{where}: checksum mismatch (the object changed after it was written)")
+                    continue
+                try:
+                    ids = read_shard(local, ["id"]).column("id").to_numpy()
+                    width = self.width_problem(index)
+                except Exception as exc:
+                    problems.append(f"{where}: unreadable ({first_line(exc)})")
+                    continue
+            finally:
+                local.unlink(missing_ok=True)
+            if width:
+                problems.append(width)
+            if len(ids) != info.rows:
+                problems.append(f"{where}: {len(ids)} rows, manifest says {info.rows}")
+            elif len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end
+                                   and np.all(np.diff(ids) == 1)):
+                problems.append(f"{where}: ids are not the contiguous range {info.id_start}..{info.id_end}")
+        for rel, record in self.manifest.files.items():
+            where = self.store.where(rel)
+            if not self.store.exists(rel):
+                problems.append(f"{where}: missing")
+            elif hashlib.sha256(self.store.read_bytes(rel)).hexdigest() != record.get("sha256"):
+                problems.append(f"{where}: checksum mismatch (the object changed after it was written)")
+        return problems
+
+    def check_before_use(self) -> None:
+        """What training checks before it writes anything: a local cache whole (`check`); a remote one by its
+        objects' sizes and its small files' checksums (each shard's sha256 is checked when it arrives), so a
+        remote cache is not read twice."""
+        if not self.remote:
+            self.check()
+            return
+        sizes = {}
+        for name in self.store.list("shard-*"):
+            sizes[name] = self.store.size(name)
+        for info in self.manifest.shards:
+            where = self.store.where(info.file)
+            if info.file not in sizes:
+                raise CacheIntegrityError(f"{where}: missing; run `tc verify {self.location}`")
+            if info.bytes and sizes[info.file] != info.bytes:
+                raise CacheIntegrityError(f"{where}: {sizes[info.file]:,} bytes, the manifest says {info.bytes:,} "
+                                          f"(truncated or changed); run `tc verify {self.location}`")
+        self.local_files()
+
     def check(self) -> None:
         """Raise a one-line CacheIntegrityError naming the first bad shard, if any."""
         problems = self.verify()
@@ -234,19 +456,27 @@ class TeacherCache:
 
     def token_stats(self) -> dict[str, float]:
         """Token-length statistics over the whole cache: mean, median, p95, max, total."""
+        self.schedule(range(len(self.manifest.shards)))
         counts = np.concatenate([self.read_shard(i, ["n_tokens"]).column("n_tokens").to_numpy()
                                  for i in range(len(self.manifest.shards))])
         return {"mean": float(counts.mean()), "median": float(np.median(counts)),
                 "p95": float(np.percentile(counts, 95)), "max": int(counts.max()), "total": int(counts.sum())}
 
     def size_on_disk(self) -> int:
-        """Bytes used by the cache folder."""
+        """Bytes used by the cache folder (for a remote cache: by its objects, as the manifest lists them)."""
+        if self.remote:
+            return sum(s.bytes for s in self.manifest.shards) + sum(r.get("bytes") or 0
+                                                                      for r in self.manifest.files.values())
         return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
 
 
-def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer: bool = False) -> TeacherCache:
-    """Open a teacher cache folder written by `tc encode` (refused while a writer holds it, unless `allow_writer`)."""
-    return TeacherCache(directory, allow_partial=allow_partial, allow_writer=allow_writer)
+def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
+               cache_dir: str | Path | None = None, cache_limit: str | int | None = None) -> TeacherCache:
+    """Open a teacher cache written by `tc encode`: a folder or a store URL such as s3://bucket/prefix (a local one
+    is refused while a writer holds it, unless `allow_writer`; a remote one streams through a bounded local shard
+    cache under `cache_dir`, at most `cache_limit` bytes)."""
+    return TeacherCache(directory, allow_partial=allow_partial, allow_writer=allow_writer, cache_dir=cache_dir,
+                        cache_limit=cache_limit)
 
 
 def cache_change(directory: str | Path, fingerprint: str) -> str | None:
@@ -255,11 +485,12 @@ def cache_change(directory: str | Path, fingerprint: str) -> str | None:
     A long reader (training) calls this between epochs: a writer holding the cache now, or one that has been and
     gone, means the shards read so far may come from two caches.
     """
-    writer = holder(directory)
+    store = Store.open(directory)
+    writer = holder(directory) if store.is_local else None
     if writer:
         return f"{directory}: a writer took the cache ({writer})"
     try:
-        now = CacheManifest.load(directory)
+        now = CacheManifest.load(directory) if store.is_local else load_remote_manifest(store)
     except CacheError as exc:
         return f"{exc} (the cache changed)"
     if now.content_fingerprint() != fingerprint:

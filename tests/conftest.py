@@ -131,6 +131,9 @@ def free_port() -> int:
 def s3_endpoint():
     """A real S3 HTTP server (moto) on a free 127.0.0.1 port, for the whole session: 'http://127.0.0.1:PORT'."""
     moto_server = pytest.importorskip("moto.server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

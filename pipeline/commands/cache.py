@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -79,13 +78,15 @@ def encode_logits(settings: dict) -> None:
     log(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})")
 
 
-def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+def verify(directory: Annotated[str, typer.Argument(help="Cache folder or store URL (s3://bucket/prefix).")]) -> None:
     """Re-check every file against the manifest, and the corpus (when still there) against its fingerprint.
 
     Shards: checksums, row counts, contiguous ids, vector widths against the manifest's dim; the other files:
     checksums. Exits 1 and names the bad shard when one fails, or the corpus when it changed since the encode.
 
-    Example: tc verify out/
+    A cache in a store is read object by object (one shard on local disk at a time).
+
+    Example: tc verify out/    (or: tc verify s3://bucket/caches/wiki)
     """
     cache = open_cache(directory, allow_partial=True)
     problems = cache.verify()
@@ -110,14 +111,20 @@ def verify(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> 
                    "checked", err=True)
 
 
-def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+def info(directory: Annotated[str, typer.Argument(help="Cache folder or store URL (s3://bucket/prefix).")]) -> None:
     """Print what a cache holds: rows, dim, teacher, poolings, size on disk, token-length statistics.
 
-    Example: tc info out/
+    Example: tc info out/    (or: tc info s3://bucket/caches/wiki)
     """
     cache = open_cache(directory, allow_partial=True, allow_writer=True)  # a cache being written shows its progress
     m = cache.manifest
-    stats = cache.token_stats()
+    if cache.remote:  # from the manifest: no shard is fetched to describe a remote cache
+        total = sum(s.n_tokens for s in m.shards)
+        tokens = f"mean {total / max(len(cache), 1):.1f}, total {total:,} (from the manifest)"
+    else:
+        stats = cache.token_stats()
+        tokens = (f"mean {stats['mean']:.1f}, median {stats['median']:.0f}, p95 {stats['p95']:.0f}, "
+                  f"max {stats['max']}, total {stats['total']:,}")
     lines = [
         ("cache", f"{directory} ({'complete' if m.complete else 'incomplete'}, {m.format}, {m.dtype})"),
         ("rows", f"{len(cache):,} in {len(m.shards)} shard(s) of up to {m.shard_size:,}"),
@@ -127,9 +134,8 @@ def info(directory: Annotated[Path, typer.Argument(help="Cache folder.")]) -> No
         ("max_length", str(m.max_length)),
         ("precision", m.precision),
         ("corpus", f"{', '.join(m.corpus_files)} (fingerprint {m.corpus_fingerprint[:12]})"),
-        ("tokens/row", f"mean {stats['mean']:.1f}, median {stats['median']:.0f}, p95 {stats['p95']:.0f}, "
-                       f"max {stats['max']}, total {stats['total']:,}"),
-        ("size", f"{cache.size_on_disk() / 2**20:,.1f} MiB"),
+        ("tokens/row", tokens),
+        ("size", f"{cache.size_on_disk() / 2**20:,.1f} MiB" + (" in the store" if cache.remote else "")),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

@@ -51,6 +51,8 @@ def read_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[s
     """Texts and float32 vectors of the given sorted ids, reading only the shards that hold them."""
     texts: list[str] = []
     parts: list[np.ndarray] = []
+    cache.schedule([i for i, s in enumerate(cache.manifest.shards)
+                    if np.any((ids >= s.id_start) & (ids <= s.id_end))])
     for index, info in enumerate(cache.manifest.shards):
         local = ids[(ids >= info.id_start) & (ids <= info.id_end)] - info.id_start
         if len(local) == 0:
@@ -82,16 +84,17 @@ class Batch:
 class StreamingCacheDataset(IterableDataset):
     """Length-bucketed batches over a cache's training rows; shuffled shards, shuffle buffer, worker-aware."""
 
-    def __init__(self, cache_dir: str | Path, column: str, tokenizer: WordPieceTokenizer, batch_size: int,
-                 seed: int = 0, val_ids: np.ndarray | None = None, max_rows: int | None = None,
+    def __init__(self, cache_dir: str | Path | TeacherCache, column: str, tokenizer: WordPieceTokenizer,
+                 batch_size: int, seed: int = 0, val_ids: np.ndarray | None = None, max_rows: int | None = None,
                  buffer_size: int = 10_000, pool_batches: int = 50, rank: int = 0, world_size: int = 1):
-        """Stream `column` of the cache at `cache_dir`, skipping `val_ids` and ids >= `max_rows`."""
-        self.cache_dir, self.column, self.tokenizer = Path(cache_dir), column, tokenizer
+        """Stream `column` of the cache (opened, or its folder or URL), skipping `val_ids` and ids >= `max_rows`."""
+        self.column, self.tokenizer = column, tokenizer
         self.batch_size, self.seed, self.buffer_size, self.pool_batches = batch_size, seed, buffer_size, pool_batches
         self.val_ids = np.zeros(0, dtype=np.int64) if val_ids is None else np.asarray(val_ids, dtype=np.int64)
         self.max_rows, self.rank, self.world_size = max_rows, rank, world_size
         # every epoch reads the shards of this one manifest; the trainer re-checks between epochs that it still holds
-        self.cache = open_cache(self.cache_dir)
+        self.cache = cache_dir if isinstance(cache_dir, TeacherCache) else open_cache(cache_dir)
+        self.cache_dir = self.cache.location
         self.shards = self.cache.manifest.shards
         self.epoch, self.skip_batches = 0, 0
 
@@ -153,6 +156,7 @@ class StreamingCacheDataset(IterableDataset):
 
     def _rows(self, cache: TeacherCache, segments: list[Segment], rng: np.random.Generator) -> Iterator[Row]:
         """Training rows of `segments` in order, each segment's rows permuted."""
+        cache.schedule([index for index, _, _ in segments])  # a remote cache fetches them ahead, in this order
         for index, first, end in segments:
             table = cache.read_shard(index, ["id", "text", self.column, "n_tokens"])
             ids = table.column("id").to_numpy()
@@ -208,6 +212,8 @@ class StreamingCacheDataset(IterableDataset):
         """This stream's batches for the current epoch, after passing over `skip_batches` (one stream only)."""
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if info is not None:
+            self.cache.detach()  # a worker process fetches its own shards: no download state of the parent's
         stream = self.rank * num_workers + worker
         rng = np.random.default_rng([self.seed, self.epoch, stream, 1])
         segments = self.stream_segments(self.epoch, worker, num_workers)

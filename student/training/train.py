@@ -174,8 +174,8 @@ def _train(cfg: TrainConfig) -> dict:
     if ddp.enabled and device.type == "cuda" and cfg.sparse_embeddings == "yes":
         raise UserError("--sparse-embeddings yes: NCCL cannot all-reduce sparse gradients; use auto or no on CUDA")
     amp = autocast_dtype(device, cfg.precision)
-    cache = open_cache(cfg.shards)  # refused while a writer holds it
-    cache.check()  # every shard (checksum, ids, vector widths) before --force clears anything
+    cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit)  # refused while written
+    cache.check_before_use()  # every shard before --force clears anything (a remote one: sizes; sha256 on arrival)
     plan = plan_run(cfg, cache, ddp)
     check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)
     saved = load_checkpoint(cfg.out, plan.settings) if cfg.resume else None
@@ -194,8 +194,9 @@ def _train(cfg: TrainConfig) -> dict:
     optimizers = make_optimizers(student, cfg, sparse)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     val_ids = validation_ids(plan.n_rows, plan.val_rows)
-    val_texts, val_targets = read_rows(cache, val_ids, plan.column)
-    dataset = StreamingCacheDataset(cfg.shards, plan.column, student.tokenizer, cfg.batch_size, seed=cfg.seed,
+    # rank 0 alone evaluates: the others read no validation rows (a remote cache's would cost every rank a pass)
+    val_texts, val_targets = read_rows(cache, val_ids if ddp.is_main else val_ids[:0], plan.column)
+    dataset = StreamingCacheDataset(cache, plan.column, student.tokenizer, cfg.batch_size, seed=cfg.seed,
                                     val_ids=val_ids, max_rows=plan.n_rows,
                                     buffer_size=cfg.buffer_size, pool_batches=cfg.pool_batches,
                                     rank=ddp.rank, world_size=ddp.world_size)

@@ -21,6 +21,7 @@ from teacher_cache.base.settings import (
     probability,
     setting,
 )
+from teacher_cache.shard_cache import parse_size
 
 LOSSES = ("mse", "cosine", "contrastive", "relational")  # what student/training/losses.py computes (one_loss)
 
@@ -45,7 +46,7 @@ class TrainConfig(Checked):
                                            "speed), compact or paper (the paper's BiLSTM); "
                                            "student/training/recipes.py. Every other option overrides it.")
     # data
-    shards: str = setting("out", "Cache folder written by `tc encode`.")
+    shards: str = setting("out", "Cache written by `tc encode`: a folder or a store URL (s3://bucket/prefix).")
     out: str = setting("student_out", "Student folder to write (created; refused when it holds other things, "
                                       "unless --force).")
     target_column: str | None = setting(None, "Teacher vector to learn: a pooling (mean, cls) or column name; "
@@ -55,6 +56,10 @@ class TrainConfig(Checked):
     buffer_size: int = setting(10_000, "Rows in the shuffle buffer.", check=count(1))
     pool_batches: int = setting(50, "Batches' worth of rows sorted together by length.", check=count(1))
     num_workers: int = setting(0, "DataLoader worker processes (each reads its own shards).", check=count(0, 256))
+    cache_dir: str | None = setting(None, "A remote --shards' local shard cache (default: under the user cache "
+                                          "dir, $TC_CACHE_DIR).")
+    cache_limit: int | None = setting(None, "Most bytes a remote --shards' local shard cache holds (e.g. 20GB, "
+                                            "the default; at least one shard).", parse=parse_size)
     # model
     arch: str | None = setting(None, "bilstm (the paper's), cnn or static (model2vec-like).")
     emb_dim: int | None = setting(None, "Embedding width (bilstm, cnn 300; static 256).", check=count(1, 65_536))
@@ -140,7 +145,8 @@ class TrainConfig(Checked):
 
 
 # Knobs that do not change what is learned: a resumed run may set them differently.
-RUN_ONLY = ("shards", "out", "device", "precision", "eval_every", "checkpoint_every", "max_steps", "resume",
+RUN_ONLY = ("shards", "out", "cache_dir", "cache_limit", "device", "precision", "eval_every", "checkpoint_every",
+            "max_steps", "resume",
             "force", "quiet")
 
 

