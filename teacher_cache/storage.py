@@ -150,7 +150,7 @@ class Store:
         """The whole of object `name` (for small ones: a manifest, a config)."""
         path = self.path(name)
         try:
-            with self.fs.open_input_stream(path) as stream:
+            with self.fs.open_input_stream(path, compression=None) as stream:
                 return stream.read()
         except FileNotFoundError:
             raise self.missing(name) from None
@@ -214,7 +214,7 @@ class Store:
                 tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
     def _put_remote(self, path: str, name: str, data: bytes | str | Path) -> None:
-        stream = self.fs.open_output_stream(path)
+        stream = self.fs.open_output_stream(path, compression=None)  # bytes as given: never gzip a .gz name again
         if isinstance(data, Path):
             expected = data.stat().st_size
             with open(data, "rb") as fh:

@@ -150,3 +150,26 @@ def test_remote_bad_input_is_one_line(s3_env, capsys, corpus_file, teacher_dir, 
     code, _, err = run_cli(capsys, "train-student", "--shards", f"s3://{s3_env}/nothing", "--out",
                            tmp_path / "s", "--cache-limit", "lots")
     one_line(code, err, "--cache-limit")
+
+
+def test_a_corpus_in_the_bucket_is_encoded_like_its_local_copy(s3_env, capsys, tmp_path, corpus_file, teacher_dir,
+                                                               monkeypatch):
+    import gzip
+
+    monkeypatch.setenv("TC_CACHE_DIR", str(tmp_path / "user-cache"))
+    corpus = Store.open(f"s3://{s3_env}/corpus")
+    lines = corpus_file.read_text().splitlines()
+    corpus.put("part-0.txt.gz", gzip.compress(("\n".join(lines[:150]) + "\n").encode()))
+    corpus.put("part-1.txt.gz", gzip.compress(("\n".join(lines[150:]) + "\n").encode()))
+    corpus.put("notes.md", "not a corpus file\n")
+    url = f"s3://{s3_env}/from-bucket"
+    code, _, err = run_cli(capsys, *encode_args(f"s3://{s3_env}/corpus/*.txt.gz", teacher_dir, url))
+    assert code == 0, err
+    local = tmp_path / "local"
+    assert run_cli(capsys, *encode_args(corpus_file, teacher_dir, str(local)))[0] == 0
+    remote = json.loads(Store.open(url).read_bytes("manifest.json"))
+    assert remote["rows"] == 300
+    assert [s["sha256"] for s in remote["shards"]] == [
+        s["sha256"] for s in json.loads((local / "manifest.json").read_text())["shards"]]
+    code, _, err = run_cli(capsys, *encode_args(f"s3://{s3_env}/corpus/*.jsonl", teacher_dir, str(tmp_path / "x")))
+    one_line(code, err, "matches no object")

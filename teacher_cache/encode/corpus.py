@@ -16,6 +16,7 @@ from pathlib import Path
 
 from teacher_cache.base.bundled import bundled_data
 from teacher_cache.base.errors import CorpusError, first_line, printable, reason
+from teacher_cache.storage import is_url
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".tsv.gz")
 TABLE_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".parquet", ".csv", ".csv.gz", ".tsv")
@@ -37,9 +38,15 @@ class CorpusStats:
 
 
 def resolve_corpus(specs: list[str], text_column: str | None = None) -> list[Path]:
-    """Expand files and globs into an ordered list of readable corpus files, or raise a one-line error."""
+    """Expand files, globs and store URLs (s3://bucket/corpus/*.txt.gz) into an ordered list of readable local
+    corpus files, or raise a one-line error."""
     files: list[Path] = []
     for spec in specs:
+        if is_url(spec):  # copied into the user cache once (encode/remote_corpus.py)
+            from teacher_cache.encode.remote_corpus import fetch_remote_corpus
+
+            files.extend(fetch_remote_corpus(spec))
+            continue
         if any(ch in spec for ch in "*?["):
             matched = sorted(glob.glob(spec, recursive=True))
             if not matched:
