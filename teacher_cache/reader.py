@@ -72,16 +72,18 @@ class TeacherCache:
     """An opened cache folder; reads shards lazily (Arrow shards are memory-mapped, never loaded whole)."""
 
     def __init__(self, directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
-                 cache_dir: str | Path | None = None, cache_limit: str | int | None = None):
+                 cache_dir: str | Path | None = None, cache_limit: str | int | None = None,
+                 download_rate: int | None = None):
         """Open `directory` (a folder or a store URL); refused while a writer holds it, unfinished, or when shard
         0's widths are not its dim. `cache_dir` and `cache_limit` (bytes, or '20GB') size a remote cache's local
-        shard cache."""
+        shard cache; `download_rate` (bytes/s) caps its downloads."""
         self.store = Store.open(directory)
         self.remote = not self.store.is_local
         self.location = self.store.url if self.remote else str(directory)
         self._shard_cache: ShardCache | None = None
         self._pinned: list[int] = []
         self._synced = False
+        self.download_rate = download_rate
         if self.remote:
             self.directory = remote_mirror(self.store.url, cache_dir)
             self.manifest = load_remote_manifest(self.store)
@@ -140,7 +142,7 @@ class TeacherCache:
         """The local shard cache of a remote cache (made on first use, in this process)."""
         if self._shard_cache is None:
             self._shard_cache = ShardCache(self.store, self.manifest.shards, self.directory / "shards",
-                                           self.cache_limit)
+                                           self.cache_limit, rate_limit=self.download_rate)
         return self._shard_cache
 
     def schedule(self, order: list[int]) -> None:
@@ -471,7 +473,8 @@ class TeacherCache:
 
 
 def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
-               cache_dir: str | Path | None = None, cache_limit: str | int | None = None) -> TeacherCache:
+               cache_dir: str | Path | None = None, cache_limit: str | int | None = None,
+               download_rate: int | None = None) -> TeacherCache:
     """Open a teacher cache written by `tc encode`: a folder or a store URL such as s3://bucket/prefix (a local one
     is refused while a writer holds it, unless `allow_writer`; a remote one streams through a bounded local shard
     cache under `cache_dir`, at most `cache_limit` bytes)."""

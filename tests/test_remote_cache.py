@@ -173,3 +173,19 @@ def test_a_corpus_in_the_bucket_is_encoded_like_its_local_copy(s3_env, capsys, t
         s["sha256"] for s in json.loads((local / "manifest.json").read_text())["shards"]]
     code, _, err = run_cli(capsys, *encode_args(f"s3://{s3_env}/corpus/*.jsonl", teacher_dir, str(tmp_path / "x")))
     one_line(code, err, "matches no object")
+
+
+def test_validation_rows_of_a_remote_cache_are_kept_in_its_mirror(remote_cache, tmp_path):
+    import numpy as np
+
+    from student.training.data import read_rows, rows_file
+
+    ids = np.array([3, 150, 299], dtype=np.int64)
+    cache = open_cache(remote_cache, cache_dir=tmp_path / "c")
+    texts, vectors = read_rows(cache, ids, "embedding")
+    assert rows_file(cache, ids, "embedding").is_file()
+    again = open_cache(remote_cache, cache_dir=tmp_path / "c")
+    texts2, vectors2 = read_rows(again, ids, "embedding")
+    assert texts2 == texts and np.array_equal(vectors2, vectors)
+    assert again._shard_cache is None  # no shard was fetched the second time
+    assert texts == open_cache(remote_cache, cache_dir=tmp_path / "d").texts(ids)

@@ -6,6 +6,7 @@ Every random choice comes from (seed, epoch, stream), so an epoch can be replaye
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from student.tokenizer import WordPieceTokenizer
+from teacher_cache.base.atomic import atomic_path
 from teacher_cache.reader import TeacherCache, open_cache
 from teacher_cache.shards import vectors_of
 
@@ -48,7 +50,14 @@ def validation_ids(n_rows: int, val_rows: int, chunk: int = 1 << 20) -> np.ndarr
 
 
 def read_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[str], np.ndarray]:
-    """Texts and float32 vectors of the given sorted ids, reading only the shards that hold them."""
+    """Texts and float32 vectors of the given sorted ids, reading only the shards that hold them.
+
+    A remote cache keeps them in its local mirror (an Arrow file named by the cache's content and the ids), since
+    validation ids touch every shard: the first run fetches each shard once for them, later runs and resumes none.
+    """
+    kept = remembered_rows(cache, ids, column)
+    if kept is not None:
+        return kept
     texts: list[str] = []
     parts: list[np.ndarray] = []
     cache.schedule([i for i, s in enumerate(cache.manifest.shards)
@@ -60,7 +69,43 @@ def read_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[s
         table = cache.read_shard(index, ["text", column]).take(pa.array(local))
         texts += table.column("text").to_pylist()
         parts.append(np.asarray(vectors_of(table, column), dtype=np.float32))
-    return texts, (np.concatenate(parts) if parts else np.zeros((0, cache.dim), dtype=np.float32))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, cache.dim), dtype=np.float32)
+    if cache.remote and len(ids):
+        remember_rows(cache, ids, column, texts, vectors)
+    return texts, vectors
+
+
+def rows_file(cache: TeacherCache, ids: np.ndarray, column: str) -> Path:
+    """Where a remote cache's mirror keeps the rows of `ids` (named by the cache's content, column and ids)."""
+    key = hashlib.sha256(f"{cache.manifest.content_fingerprint()}:{column}:".encode() + ids.tobytes()).hexdigest()
+    return cache.directory / f"rows-{key[:24]}.arrow"
+
+
+def remembered_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[str], np.ndarray] | None:
+    """The rows of `ids` kept in a remote cache's mirror by an earlier run, or None."""
+    if not cache.remote or not len(ids):
+        return None
+    path = rows_file(cache, np.asarray(ids, dtype=np.int64), column)
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (OSError, pa.ArrowInvalid):  # not there (or a torn copy): read the shards
+        return None
+    if table.num_rows != len(ids) or not np.array_equal(table.column("id").to_numpy(), ids):
+        return None
+    return table.column("text").to_pylist(), np.asarray(vectors_of(table, "vector"), dtype=np.float32)
+
+
+def remember_rows(cache: TeacherCache, ids: np.ndarray, column: str, texts: list[str], vectors: np.ndarray) -> None:
+    """Keep the rows of `ids` in a remote cache's mirror (temporary name, then rename)."""
+    table = pa.table({"id": pa.array(np.asarray(ids, dtype=np.int64)), "text": pa.array(texts, pa.string()),
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])})
+    path = rows_file(cache, np.asarray(ids, dtype=np.int64), column)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), table.schema) as writer:
+            writer.write_table(table)
+    except OSError:  # only a saving for the next run: a full disk must not stop this one
+        pass
 
 
 @dataclass

@@ -174,7 +174,8 @@ def _train(cfg: TrainConfig) -> dict:
     if ddp.enabled and device.type == "cuda" and cfg.sparse_embeddings == "yes":
         raise UserError("--sparse-embeddings yes: NCCL cannot all-reduce sparse gradients; use auto or no on CUDA")
     amp = autocast_dtype(device, cfg.precision)
-    cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit)  # refused while written
+    cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit,  # refused while written
+                       download_rate=cfg.download_rate)
     cache.check_before_use()  # every shard before --force clears anything (a remote one: sizes; sha256 on arrival)
     plan = plan_run(cfg, cache, ddp)
     check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)

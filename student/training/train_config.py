@@ -60,6 +60,8 @@ class TrainConfig(Checked):
                                           "dir, $TC_CACHE_DIR).")
     cache_limit: int | None = setting(None, "Most bytes a remote --shards' local shard cache holds (e.g. 20GB, "
                                             "the default; at least one shard).", parse=parse_size)
+    download_rate: int | None = setting(None, "Cap a remote --shards' downloads at this many bytes per second "
+                                              "(e.g. 50MB; default: no cap).", parse=parse_size)
     # model
     arch: str | None = setting(None, "bilstm (the paper's), cnn or static (model2vec-like).")
     emb_dim: int | None = setting(None, "Embedding width (bilstm, cnn 300; static 256).", check=count(1, 65_536))
@@ -145,9 +147,8 @@ class TrainConfig(Checked):
 
 
 # Knobs that do not change what is learned: a resumed run may set them differently.
-RUN_ONLY = ("shards", "out", "cache_dir", "cache_limit", "device", "precision", "eval_every", "checkpoint_every",
-            "max_steps", "resume",
-            "force", "quiet")
+RUN_ONLY = ("shards", "out", "cache_dir", "cache_limit", "download_rate", "device", "precision", "eval_every",
+            "checkpoint_every", "max_steps", "resume", "force", "quiet")
 
 
 def recipe_config(name: str | None, **overrides) -> TrainConfig:
