@@ -11,11 +11,11 @@ in `manifest.extra["other_files"]`, never checksummed, never removed.
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 
 from teacher_cache.base.errors import CacheMismatchError, UserError, reason
 from teacher_cache.base.lock import LOCK_NAME
+from teacher_cache.base.out_folder import OutFolder
 from teacher_cache.base.progress import warn
 from teacher_cache.base.safe_paths import name_problem, remove_file, remove_tree
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
@@ -39,16 +39,16 @@ def has_cache(out: Path) -> bool:
     return (out / MANIFEST_NAME).exists() or any(out.glob("shard-*"))
 
 
+def cache_out(out: Path) -> OutFolder:
+    """The --out rules (base/out_folder.py) for a cache folder: its own names are OWN_FILES and tokenizer/."""
+    # the lock itself is taken by CacheWriter.acquire (FolderLock): `command` only matters to OutFolder.hold
+    return OutFolder(out, "tc encode", own=OWN_FILES, own_dirs=(TOKENIZER_DIR,))
+
+
 def other_files(out: Path) -> list[str]:
     """Relative paths of the files in `out` before a cache is begun there (they stay the user's)."""
-    found = []
-    for path in sorted(out.rglob("*")):
-        rel = path.relative_to(out).as_posix()
-        ours = rel.split("/")[0] == TOKENIZER_DIR or any(fnmatch.fnmatch(rel, pattern) for pattern in OWN_FILES)
-        # a link counts as the user's too (it is never the cache's); a name tc could not list again is skipped
-        if (path.is_file() or path.is_symlink()) and path.name != LOCK_NAME and not ours and not name_problem(rel):
-            found.append(rel)
-    return found
+    # a link counts as the user's too (it is never the cache's); a name tc could not list again is skipped
+    return cache_out(out).others()
 
 
 def unrecorded_files(out: Path, manifest: CacheManifest) -> list[str]:
@@ -136,13 +136,8 @@ def wipe_cache(out: Path, old: CacheManifest | bool | None = None) -> None:
     inside `out`), or True/None when it was unreadable or refused. Files go one by one (a link: the link only);
     tokenizer/ goes whole when it is a real folder, and only the link when it is a symlink.
     """
-    for pattern in OWN_FILES:
-        for path in out.glob(pattern):
-            remove_file(path)
-    for rel in (old.files if isinstance(old, CacheManifest) else {}):
-        if not rel.startswith(TOKENIZER_DIR + "/"):
-            remove_file(out / rel)
-    remove_tree(out / TOKENIZER_DIR)
+    listed = old.files if isinstance(old, CacheManifest) else {}
+    cache_out(out).clear_own(also=[rel for rel in listed if not rel.startswith(TOKENIZER_DIR + "/")])
 
 
 def load_old(out: Path) -> CacheManifest | None:
@@ -155,8 +150,7 @@ def load_old(out: Path) -> CacheManifest | None:
 
 def make_output_dir(out: Path) -> None:
     """Create the output folder (and parents), or raise a one-line error."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+    cache_out(out).refuse_unsafe()  # a file as --out: the one wording of base/out_folder.py
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
