@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +190,15 @@ class TeacherCache:
                     raise CacheIntegrityError(f"{self.store.where(rel)}: checksum mismatch (the object changed "
                                               f"after it was written); run `tc verify {self.location}`")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(target) as tmp:
-                    tmp.write_bytes(data)
+                # a name of this process's own: DDP ranks on one machine share the mirror and may fetch at once
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+                try:
+                    tmp.unlink(missing_ok=True)
+                    with open(tmp, "xb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
             self._synced = True
         return self.directory / "files" if self.remote else self.directory
 
