@@ -192,3 +192,22 @@ def test_overlapped_workers_write_the_same_cache(local_ray, teacher_dir, corpus_
     code, _, err = run_cli(capsys, *args(teacher_dir, corpus_2k, out, "--engine", "ray", "--workers", "1"))
     assert code == 0, err
     assert_same_cache(out, local_cache)
+
+
+def test_ray_encodes_into_a_bucket(local_ray, teacher_dir, corpus_2k, local_cache, tmp_path, capsys, s3_env):
+    """--engine ray with --out s3://: the driver writes through the same CacheWriter, so the bucket holds the
+    shards and manifest a local run writes (ids, texts, rows equal; vectors to float rounding)."""
+    from teacher_cache.storage import Store
+
+    url = f"s3://{s3_env}/ray-cache"
+    code, _, err = run_cli(capsys, *args(teacher_dir, corpus_2k, url, "--engine", "ray", "--workers", "2"))
+    assert code == 0, err
+    copy = tmp_path / "copy"
+    store = Store.open(url)
+    for name in store.list():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes(store.read_bytes(name))
+    assert_same_cache(copy, local_cache)
+    assert json.loads(store.read_bytes("manifest.json"))["extra"]["last_run"]["engine"] == "ray"
+    code, out_text, err = run_cli(capsys, "verify", url)
+    assert code == 0 and "ok: 8 shards, 2,000 rows" in out_text, err
