@@ -68,6 +68,27 @@ def clear_out(out: str | Path) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
 
 
+class OutWrites:
+    """The writes of one fine-tuning run into --out: the first one clears what an earlier run wrote there (--force),
+    so a run that diverges or is killed before it writes anything leaves the earlier model whole."""
+
+    def __init__(self, out: str | Path):
+        """Prepare to write into `out` (checked and locked by the caller)."""
+        self.out, self.cleared = Path(out), False
+
+    def clear(self) -> None:
+        """Remove the earlier run's own files, once, just before the first write (a no-op without --force: the
+        folder was refused unless it held none)."""
+        if not self.cleared:
+            clear_out(self.out)
+            self.cleared = True
+
+    def metrics(self, metrics: dict) -> None:
+        """Write metrics.json (atomically), clearing the earlier run's files first if nothing was written yet."""
+        self.clear()
+        atomic_write(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
 def cosent_loss(scores: torch.Tensor, gold: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
     """CoSENT (Su 2022; sentence-transformers' CoSENTLoss): log(1 + sum over pairs of examples with gold_i < gold_j
     of exp(scale * (score_i - score_j))), so only the order of the scores against the gold order counts."""
@@ -154,11 +175,14 @@ def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
                "loss": ("cosent" if cosent else "mse on the cosine") if cosine_head else None,
                "kd": {"cache": cfg.kd_cache, "alpha": cfg.kd_alpha} if cfg.kd_cache else None, "history": []}
     best: Best | None = None
+    writes = OutWrites(cfg.out)  # nothing of an earlier run is removed before this run writes its first file
     rates = [("--lr", cfg.lr)] + ([("--encoder-lr", cfg.encoder_lr)] if lr_groups and cfg.encoder_lr else [])
 
     def stop_diverged(epoch: int, step: int, what: str) -> None:
         """Stop in one line before anything more is written: the loss, weights or outputs are no longer finite."""
-        raise diverged(epoch, step, what, rates, f"no model was saved in {cfg.out}")
+        earlier = ("; --force removed nothing: the earlier run's files there are kept"
+                   if cfg.force and not writes.cleared else "")
+        raise diverged(epoch, step, what, rates, f"no model was saved in {cfg.out}{earlier}")
 
     def evaluate(epoch: int, losses: list[float]) -> None:
         """Score every split, record the epoch, keep its weights when it is the best on the selection split."""
@@ -175,7 +199,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
         kept = next(h for h in metrics["history"] if h["epoch"] == chosen)
         metrics.update(final={split: kept[split] for split in prep.evals}, selected_epoch=chosen, epochs_done=epoch,
                        train_seconds=round(seconds, 2))
-        atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        writes.metrics(metrics)  # the first write: --force clears the earlier run's files only now
         log(f"epoch {epoch}/{cfg.epochs}: " + (f"loss {np.mean(losses):.4f}  " if losses else "(zero-shot)  ")
             + "  ".join(f"{split} {k} {v:.4f}" for split, s in scores.items() for k, v in s.items()))
 
@@ -219,7 +243,7 @@ def fit(cfg: FinetuneConfig, prep: Prepared, tuned: Tuned) -> dict:
                                      "best_epoch_score": trained and trained[by][chooser],
                                      "note": f"kept the zero-shot encoder: no epoch beat it on the {rows} "
                                              f"({chooser.capitalize()} {best[0]:.4f}{against})"}
-        atomic_write(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        writes.metrics(metrics)
     elif blend and best is not None:
         interpolate(blend, initial, lambda data: compute_metrics(spec, predict(data), data.labels), prep.evals, by,
                     chooser, metrics, cfg)

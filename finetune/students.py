@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from finetune.config import FinetuneConfig
-from finetune.fit import Tuned, check_out, clear_out, fit, holding_out
+from finetune.fit import Tuned, check_out, fit, holding_out
 from finetune.prepare import prepare
 from finetune.task_data import TaskData
 from finetune.task_model import StudentClassifier, TaskHead, head_kind, save_task_model
@@ -46,7 +46,6 @@ def finetune_student(cfg: FinetuneConfig, student: Student | None = None) -> dic
     torch.manual_seed(cfg.seed)
     head = TaskHead(student.dim, spec.pair, spec.n_outputs, cfg.head_hidden, cfg.dropout, kind, spec.score_range)
     check_out(cfg.out, cfg.model, cfg.force)
-    clear_out(cfg.out)
     model = StudentClassifier(student, head).to(cfg.device)
     train = prep.train
     if cfg.freeze_encoder:  # the encoder never changes: encode every split once, train the head on the vectors

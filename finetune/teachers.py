@@ -13,7 +13,7 @@ import torch
 
 from finetune.augment import AugmentConfig, augment_examples
 from finetune.config import FinetuneConfig, LogitsConfig
-from finetune.fit import Tuned, check_out, clear_out, fit, holding_out
+from finetune.fit import Tuned, check_out, fit, holding_out
 from finetune.prepare import prepare
 from finetune.task_data import TaskData, load_inputs, load_split
 from finetune.task_json import TaskJson, read_task_json
@@ -93,7 +93,6 @@ def finetune_teacher(cfg: FinetuneConfig) -> dict:
     check_out(cfg.out, cfg.model, cfg.force)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model, tokenizer = load_classifier(cfg.model, prep.spec.n_outputs, cfg.online)
-    clear_out(cfg.out)
     if cfg.freeze_encoder:
         model.base_model.requires_grad_(False)
     runner = TeacherRunner(model, tokenizer, cfg.max_length, cfg.device)

@@ -1,21 +1,23 @@
 """A finite but absurd learning rate (--lr 1e30): training stops in one line at the first non-finite loss, exits
 non-zero, and writes no weights that are not finite (issue #21 follow-up).
 
---force clears this command's own files from --out before training starts (student/training/checkpoint.py clear_output,
-finetune/fit.py clear_out), so a diverged --force run leaves the earlier model removed; what it guarantees is that
-nothing non-finite is written in its place.
+--force clears this command's own files from --out only just before the new run's first save (student/training/train.py
+replace_earlier, finetune/fit.py OutWrites), so a --force run that diverges (or is killed) before it saves anything
+leaves the earlier model there, whole; and nothing non-finite is ever written in its place.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import error_lines, one_line, run_cli
+from teacher_cache.base.lock import LOCK_NAME
+from tests.helpers import error_lines, one_line, run_cli, tc_subprocess
 
 HOOKS = Path(__file__).resolve().parent / "hooks"
 # a 16-wide BiLSTM on the 300-row tiny cache: 17 steps per epoch
@@ -43,7 +45,9 @@ def assert_all_finite(folder: Path) -> None:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under `folder` by relative name -> its bytes (the lock file aside: a killed run leaves its own)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 # ---- tc train-student -------------------------------------------------------------------------------------------
@@ -68,14 +72,36 @@ def test_train_student_force_over_a_good_student_writes_nothing_broken(tiny_cach
     base = ["train-student", "--shards", tiny_cache, "--out", out, *STUDENT, "--epochs", "1", "--lr", "0.01"]
     code, _, err = run_cli(capsys, *base)
     assert code == 0, err
-    assert (out / "model.safetensors").exists()
+    before = snapshot(out)
+    assert "model.safetensors" in before and "training_args.json" in before
     code, _, err = run_cli(capsys, *base, "--lr", "1e30", "--force")
-    one_line(code, err, "training diverged at epoch 1 step ", "lower --lr (now 1e+30)")
-    # --force removed the earlier student before training (as it always has); no broken one took its place
-    assert not (out / "model.safetensors").exists() and not (out / "training_args.json").exists()
+    one_line(code, err, "training diverged at epoch 1 step ", "lower --lr (now 1e+30)",
+             f"nothing was saved in {out}; --force removed nothing: the earlier run's files there are kept")
+    # it diverged before its first save, so --force removed nothing: the earlier student is there, whole
+    assert snapshot(out) == before
     assert_all_finite(out)
-    code, _, err = run_cli(capsys, *base)  # the folder is left ready for a rerun without --force
+    code, _, err = run_cli(capsys, *base, "--force")  # and a --force run that saves does replace it
     assert code == 0, err
+    assert set(snapshot(out)) == set(before)  # a finished student again (the same files), no checkpoint left
+
+
+def test_train_student_force_killed_before_its_first_save_keeps_the_earlier_student(tiny_cache, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """SIGTERM after every check and the step-0 evaluation began (where --force used to clear --out), before the
+    first checkpoint: the process dies there, and the earlier student is there byte for byte."""
+    out = tmp_path / "s"
+    base = ["train-student", "--shards", tiny_cache, "--out", out, *STUDENT, "--epochs", "1", "--lr", "0.01"]
+    code, _, err = run_cli(capsys, *base)
+    assert code == 0, err
+    before = snapshot(out)
+    assert "model.safetensors" in before
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("TC_SIGTERM_AT_FIRST_EVAL", "1")
+    proc = tc_subprocess(*base, "--force")
+    _, err = proc.communicate(timeout=600)  # a guard against a hang only
+    assert proc.returncode == -signal.SIGTERM, err
+    assert snapshot(out) == before
+    assert not (out / "checkpoint").exists()
 
 
 def test_train_student_keeps_the_last_finite_checkpoint(tiny_cache, tmp_path, capsys):
@@ -137,12 +163,14 @@ def test_finetune_student_absurd_lr_stops_in_one_line(student_dir, glue_dir, tmp
     base = ["finetune", "--model", student_dir, "--task", "sst2", "--out", out, "--data-dir", glue_dir, *SMALL]
     code, _, err = run_cli(capsys, *base)
     assert code == 0, err
+    before = snapshot(out)
+    assert "task.json" in before and any(name in before for name in WEIGHTS)
     code, _, err = run_cli(capsys, *base, *flags, "--force")
     line = one_line(code, err, "error: training diverged at epoch 1 step ", "(loss ", f"lower {named}",
-                    f"no model was saved in {out}")
+                    f"no model was saved in {out}; --force removed nothing: the earlier run's files there are kept")
     assert err.strip() == line
-    # --force removed the earlier fine-tuned model before training; no broken one took its place
-    assert not any((out / name).exists() for name in (*WEIGHTS, "task.json"))
+    # it diverged before its first write, so --force removed nothing: the earlier fine-tuned model is there, whole
+    assert snapshot(out) == before
     assert_all_finite(out)
 
 

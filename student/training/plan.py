@@ -106,6 +106,8 @@ class RunState:
     seconds: float = 0.0  # training time of the runs this one resumes
     history: list[dict] = field(default_factory=list)
     saved_step: int | None = None  # the step of the checkpoint in --out, if any
+    # --force: the earlier run's files are removed just before this run's first save (never sooner), once
+    replaced: bool = False
     started: float = field(default_factory=time.monotonic)  # when this process's loop began
 
     def elapsed(self) -> float:

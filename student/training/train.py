@@ -118,7 +118,8 @@ def stop_diverged(plan: RunPlan, state: RunState, what: str, progress: Progress 
     if progress is not None:  # its last line first, so that the error is the last thing said
         progress.close()
     out = plan.cfg.out
-    kept = (f"nothing was saved in {out}" if state.saved_step is None else
+    earlier = "; --force removed nothing: the earlier run's files there are kept" if plan.cfg.force else ""
+    kept = (f"nothing was saved in {out}{earlier}" if state.saved_step is None else
             f"{Path(out) / 'checkpoint'} keeps step {state.saved_step} (saved before); pass --force to start over")
     raise diverged(state.epoch + (1 if state.batches_done else 0), state.step, what, plan.rates, kept)
 
@@ -135,12 +136,23 @@ def check_finite(plan: RunPlan, state: RunState, student: Student, progress: Pro
         stop_diverged(plan, state, "weights not finite" if bad else "validation outputs not finite", progress)
 
 
+def replace_earlier(plan: RunPlan, state: RunState) -> None:
+    """--force: remove the earlier run's files from --out just before this run's first save (rank 0, once).
+
+    Not at the start: a --force run that is killed, diverges or stops on a changed cache before it saves anything
+    leaves the earlier student whole (as tc encode --force keeps the old cache until its first shard)."""
+    if plan.cfg.force and plan.ddp.is_main and not state.replaced:
+        clear_output(plan.cfg.out)
+    state.replaced = True
+
+
 def checkpoint_now(plan: RunPlan, state: RunState, student: Student, optimizers: list, scaler,
                    progress: Progress) -> None:
     """Save everything needed to continue exactly from here (rank 0 writes; the ranks hold identical weights)."""
     check_cache(plan, state)  # never a checkpoint of weights that saw two caches
     check_finite(plan, state, student, progress)  # nor of weights that are not finite
     if plan.ddp.is_main:
+        replace_earlier(plan, state)
         cuda = plan.ddp.device.type == "cuda"
         save_checkpoint(plan.cfg.out, {
             "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
@@ -205,9 +217,7 @@ def _train(cfg: TrainConfig) -> dict:
     plan = schedule(plan, dataset, sparse)
 
     # ---- from here on we write into --out ------------------------------------------------------------------------
-    distributed.barrier(ddp)  # every rank has passed the checks
-    if cfg.force and ddp.is_main:
-        clear_output(cfg.out)
+    distributed.barrier(ddp)  # every rank has passed the checks; --force clears at the first save (replace_earlier)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     state = restore(plan, saved, student, optimizers, scaler) if saved else RunState()
     if saved:
@@ -269,6 +279,7 @@ def _train(cfg: TrainConfig) -> dict:
                "sentences_per_second": round(state.rows_seen / max(seconds, 1e-9), 1), "history": history}
     check_cache(plan, state, every_rank=False)  # the other ranks have returned
     check_finite(plan, state, student)
+    replace_earlier(plan, state)  # done at the first checkpoint already (every epoch ends with one)
     student.save_pretrained(cfg.out)
     write_run_files(cfg.out, plan.args(), metrics, student.num_parameters())
     remove_checkpoint(cfg.out)

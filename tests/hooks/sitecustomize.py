@@ -6,6 +6,9 @@ in the shipped code.
   line, to <folder>/rank-<r>.txt.
 - TC_DDP_NAN_AT=<rank>:<step>: that training rank's step <step> (1-based) returns a NaN loss, as if it alone had
   diverged (tests/test_diverged.py: the ranks must agree to stop).
+- TC_SIGTERM_AT_FIRST_EVAL=1: tc train-student's first evaluation (step 0, before the loop and so before its first
+  checkpoint) sends the process SIGTERM, which kills it there (tests/test_diverged.py: --force keeps the earlier
+  student until the new run's first save).
 - TC_RAY_CRASH_ONCE=<file>: when that file holds '<marker file>:<shard index>', the Ray worker that starts that
   shard exits (os._exit) the first time, leaving the marker file; Ray restarts it and retries the shard.
 """
@@ -49,6 +52,22 @@ def nan_loss_at(control: str) -> None:
     train.train_step = poisoned
 
 
+def sigterm_at_first_eval() -> None:
+    """Wrap student.training.train.evaluate so that its first call sends this process SIGTERM (as a scheduler
+    would; outside the loop no handler defers it, so the process dies there)."""
+    import signal
+
+    import student.training.train as train
+
+    evaluate = train.evaluate
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    train.evaluate = terminated
+
+
 def crash_once(control: str) -> None:
     """Wrap ShardEncoder.encode so that the worker starting the shard named in `control` dies once."""
     from teacher_cache.encode import ray_engine as ray_encode
@@ -71,5 +90,7 @@ if os.environ.get("TC_DDP_TRACE_IDS") and "RANK" in os.environ:
     trace_training_ids(os.environ["TC_DDP_TRACE_IDS"])
 if os.environ.get("TC_DDP_NAN_AT") and "RANK" in os.environ:
     nan_loss_at(os.environ["TC_DDP_NAN_AT"])
+if os.environ.get("TC_SIGTERM_AT_FIRST_EVAL"):
+    sigterm_at_first_eval()
 if os.environ.get("TC_RAY_CRASH_ONCE"):
     crash_once(os.environ["TC_RAY_CRASH_ONCE"])
