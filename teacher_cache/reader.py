@@ -485,9 +485,9 @@ def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer:
                download_rate: int | None = None) -> TeacherCache:
     """Open a teacher cache written by `tc encode`: a folder or a store URL such as s3://bucket/prefix (a local one
     is refused while a writer holds it, unless `allow_writer`; a remote one streams through a bounded local shard
-    cache under `cache_dir`, at most `cache_limit` bytes)."""
+    cache under `cache_dir`, at most `cache_limit` bytes, downloading at most `download_rate` bytes/s)."""
     return TeacherCache(directory, allow_partial=allow_partial, allow_writer=allow_writer, cache_dir=cache_dir,
-                        cache_limit=cache_limit)
+                        cache_limit=cache_limit, download_rate=download_rate)
 
 
 def cache_change(directory: str | Path, fingerprint: str) -> str | None:
