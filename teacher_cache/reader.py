@@ -407,7 +407,7 @@ class TeacherCache:
             local = scratch / info.file
             try:
                 with atomic_path(local, fsync=False) as tmp, open(tmp, "wb") as out, \
-                        self.store.open_input(info.file) as source:
+                        self.store.open_stream(info.file) as source:
                     digest = hashlib.sha256()
                     for block in iter(lambda: source.read(8 << 20), b""):
                         digest.update(block)

@@ -475,7 +475,7 @@ class ShardCache:
         block = self._throttle.block if self._throttle else BLOCK
         digest, got, start = hashlib.sha256(), 0, time.monotonic()
         try:
-            with self.store.open_input(info.file) as source:
+            with self.store.open_stream(info.file) as source:
                 try:
                     fresh_file(part)
                     out = open(part, "wb")

@@ -167,6 +167,16 @@ class Store:
         except OSError as exc:
             raise self.error(exc, name, "open it") from None
 
+    def open_stream(self, name: str) -> pa.NativeFile:
+        """A sequential reader of object `name` (one GET for the whole object on S3): for copying it whole."""
+        path = self.path(name)
+        try:
+            return pa.memory_map(path, "r") if self.is_local else self.fs.open_input_stream(path, compression=None)
+        except FileNotFoundError:
+            raise self.missing(name) from None
+        except OSError as exc:
+            raise self.error(exc, name, "open it") from None
+
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted names of the objects under the root (recursively) whose name matches the glob `pattern`."""
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)

@@ -44,7 +44,7 @@ def fetch_remote_corpus(url: str) -> list[Path]:
         if not (target.is_file() and not target.is_symlink() and target.stat().st_size == size):
             target.parent.mkdir(parents=True, exist_ok=True)
             log(f"--corpus: fetching {store.where(name)} ({size / 1e6:,.1f} MB) into {target}")
-            with atomic_path(target) as tmp, open(tmp, "wb") as out, store.open_input(name) as source:
+            with atomic_path(target) as tmp, open(tmp, "wb") as out, store.open_stream(name) as source:
                 for block in iter(lambda: source.read(BLOCK), b""):
                     out.write(block)
             if target.stat().st_size != size:
