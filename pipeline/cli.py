@@ -18,6 +18,7 @@ COMMANDS = [
     ("encode", cache.encode),
     ("verify", cache.verify),
     ("info", cache.info),
+    ("vocab", cache.vocab),
     ("train-student", train.train_student),
     ("probe", evaluate.probe),
     ("eval", evaluate.eval_),

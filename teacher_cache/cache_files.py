@@ -13,19 +13,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from teacher_cache.base.errors import CacheMismatchError, UserError, reason
+import numpy as np
+
+from teacher_cache.base.errors import CacheIntegrityError, CacheMismatchError, UserError, first_line, reason
 from teacher_cache.base.lock import LOCK_NAME
 from teacher_cache.base.out_folder import OutFolder
 from teacher_cache.base.progress import warn
 from teacher_cache.base.safe_paths import name_problem, remove_file, remove_tree
-from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
+from teacher_cache.manifest import (
+    MANIFEST_NAME,
+    VOCAB_WORDS_FILE,
+    VOCAB_WORDS_OUTPUTS_FILE,
+    WORD_OUTPUTS_KEY,
+    CacheManifest,
+    ShardInfo,
+)
 from teacher_cache.shards import sha256_file
 
 # Cache files by name, removed by a --force run (with every file the old manifest recorded).
 OWN_FILES = ("shard-*.arrow", "shard-*.h5", "shard-*.tmp", "manifest.json", "manifest.json.tmp",
-             "token_embeddings.safetensors", "token_outputs.safetensors", "*.safetensors.tmp")
+             "token_embeddings.safetensors", "token_outputs.safetensors", "*.safetensors.tmp",
+             VOCAB_WORDS_FILE, VOCAB_WORDS_OUTPUTS_FILE, VOCAB_WORDS_FILE + ".tmp")
 # Partial or unlisted files a killed run leaves, removed before a resume (listed shards and the user's files kept).
-STRAY_FILES = ("shard-*.tmp", "shard-*.arrow", "shard-*.h5", "manifest.json.tmp", "*.safetensors.tmp")
+STRAY_FILES = ("shard-*.tmp", "shard-*.arrow", "shard-*.h5", "manifest.json.tmp", "*.safetensors.tmp",
+               VOCAB_WORDS_FILE + ".tmp")
 TOKENIZER_DIR = "tokenizer"  # written whole by save_teacher_files, so dropped whole when one of its files is bad
 
 
@@ -190,3 +201,27 @@ def resume(out: Path, manifest: CacheManifest, existing: CacheManifest, more_dif
         manifest.extra["other_files"] = existing.extra["other_files"]
     remove_strays(out, manifest)
     return False
+
+
+def read_vocab_words(folder: Path) -> tuple[list[str], np.ndarray] | None:
+    """The whole words `tc vocab` added to the cache folder `folder` and the teacher's output for each (words x dim,
+    float32), or None when it holds none; a torn or mismatched pair is a one-line CacheIntegrityError."""
+    from safetensors.numpy import load_file
+
+    words_path, outputs_path = folder / VOCAB_WORDS_FILE, folder / VOCAB_WORDS_OUTPUTS_FILE
+    if not words_path.is_file() and not outputs_path.is_file():
+        return None
+    try:
+        # split on "\n" only: str.splitlines also cuts at U+2028 and the like, which a word may hold
+        words = words_path.read_text(encoding="utf-8").split("\n")
+        outputs = load_file(str(outputs_path))[WORD_OUTPUTS_KEY]
+    except Exception as exc:  # one of the two missing, truncated or foreign: one line naming the folder
+        raise CacheIntegrityError(f"{folder}: unreadable whole-word vocabulary ({first_line(exc)}); rerun "
+                                  "`tc vocab`") from None
+    if words and words[-1] == "":
+        words.pop()
+    if outputs.ndim != 2 or outputs.shape[0] != len(words) or not np.isfinite(outputs).all():
+        raise CacheIntegrityError(f"{folder / VOCAB_WORDS_OUTPUTS_FILE}: {outputs.shape[0] if outputs.ndim else 0} "
+                                  f"rows for {len(words)} words in {VOCAB_WORDS_FILE} (or not finite); rerun "
+                                  "`tc vocab`")
+    return words, outputs.astype(np.float32)

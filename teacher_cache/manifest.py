@@ -16,6 +16,11 @@ MANIFEST_NAME = "manifest.json"
 # The teacher's output for each vocabulary token (teacher_cache/encode/token_outputs.py writes it; the reader reads it).
 TOKEN_OUTPUTS_FILE = "token_outputs.safetensors"
 TOKEN_OUTPUTS_KEY = "token_outputs"
+# Whole words for static students (`tc vocab`, teacher_cache/encode/word_vocab.py): the words, one a line in the order
+# of their new ids, and the teacher's output for each (words x dim, float16).
+VOCAB_WORDS_FILE = "vocab_words.txt"
+VOCAB_WORDS_OUTPUTS_FILE = "vocab_words.safetensors"
+WORD_OUTPUTS_KEY = "word_outputs"
 FORMAT_VERSION = 1
 # Settings that define what a cache *is*: a resumed run must agree on all of them.
 IDENTITY_KEYS = ("teacher_hash", "pooling", "max_length", "normalize", "dtype", "format",

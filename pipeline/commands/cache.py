@@ -1,4 +1,5 @@
-"""`tc encode`, `tc verify`, `tc info`: write a teacher cache, check it, describe it."""
+"""`tc encode`, `tc verify`, `tc info`, `tc vocab`: write a teacher cache, check it, describe it, add whole words to
+it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pipeline.options import build, options_from
 from teacher_cache.base.errors import UserError
 from teacher_cache.base.progress import log
 from teacher_cache.encode.config import EncodeConfig, RayOptions
+from teacher_cache.encode.word_vocab import VocabConfig
 from teacher_cache.fingerprint import corpus_still_matches
 from teacher_cache.reader import open_cache
 
@@ -140,3 +142,20 @@ def info(directory: Annotated[str, typer.Argument(help="Cache folder or store UR
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         typer.echo(f"{key:<{width}}  {value}")
+
+
+@options_from(VocabConfig)
+def vocab(**settings) -> None:
+    """Add the corpus's frequent whole words to a cache, for static students (--vocab-words in tc train-student).
+
+    Counts the words of the cache's texts as its tokenizer splits them (BERT uncased: lowercased, accents
+    stripped, split on whitespace and punctuation), keeps the --words most frequent (seen --min-count times or
+    more) that word-pieces cut into two or more pieces, runs each through the teacher alone ([CLS] pieces [SEP],
+    mean-pooled) and writes vocab_words.txt and vocab_words.safetensors into the cache, checksummed in its
+    manifest. Rerun with the same settings: nothing to do.
+
+    Example: tc vocab --shards out/ --words 50000 --min-count 5
+    """
+    from teacher_cache.encode.word_vocab import build_vocab
+
+    build_vocab(build(VocabConfig, settings))

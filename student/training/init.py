@@ -1,15 +1,23 @@
-"""Starting points for a student's weights from what the cache carries: token embeddings, token outputs, SIF."""
+"""Starting points for a student from what the cache carries: token embeddings, token outputs, SIF, and the whole
+words of `tc vocab` (--vocab-words: appended to the vocabulary, their rows started like the tokens' rows)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from student.models import init_from_teacher
-from teacher_cache.base.errors import CacheError
+from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+from student.training.plan import RunPlan
+from student.vocab import base_vocab_size, extend_tokenizer_files
+from teacher_cache.base.errors import CacheError, UserError
+from teacher_cache.base.progress import warn
+from teacher_cache.cache_files import read_vocab_words
+from teacher_cache.reader import TeacherCache
 
 
 def token_frequencies(id_lists: Iterable[list[int]], vocab_size: int) -> np.ndarray:
@@ -64,12 +72,13 @@ def init_embeddings(student, cache, how: str, sif: float, n_rows: int) -> None:
     weights counted on up to 200,000 of the first `n_rows` texts when sif > 0; PCA-projected rows otherwise),
     or 'random' (left as built)."""
     if how == "teacher":
-        init_from_teacher(student.encoder, cache.token_embeddings())
+        init_from_teacher(student.encoder, with_word_rows(cache.token_embeddings(), student, cache, "teacher"))
     elif how == "outputs":
         outputs = cache.token_outputs()
         if outputs is None:
             raise CacheError(f"--init-embeddings outputs: {cache.directory} carries no token outputs; rerun its "
                              "`tc encode` command (it adds them to a complete cache) or use teacher")
+        outputs = with_word_rows(outputs, student, cache, "outputs")
         if student.config.arch == "static" or student.config.static_path:
             weights = None
             if sif > 0:
@@ -79,3 +88,64 @@ def init_embeddings(student, cache, how: str, sif: float, n_rows: int) -> None:
             init_from_outputs(student.encoder, outputs, weights)
         else:
             init_from_teacher(student.encoder, outputs)  # PCA-projected rows, as for the input embeddings
+
+
+# ---- whole words (--vocab-words) -------------------------------------------------------------------------------
+
+
+def add_vocab_words(plan: RunPlan, cache: TeacherCache, n: int | None) -> RunPlan:
+    """--vocab-words N: the plan with the cache's first N whole words (written by `tc vocab`) appended to the
+    student's vocabulary (its tokenizer files and vocab_size); the plan as it is for 0 or None."""
+    if not n:
+        return plan
+    found = read_vocab_words(cache.local_files())
+    if found is None:
+        raise CacheError(f"--vocab-words {n}: {cache.location} carries no whole words; run `tc vocab --shards "
+                         f"{cache.location} --words {n}` first")
+    words = found[0][:n]
+    if len(words) < n and plan.ddp.is_main:
+        warn(f"--vocab-words {n}: {cache.location} holds {len(words):,} whole words; using them all")
+    try:
+        files = extend_tokenizer_files(plan.tokenizer_files, words)
+    except UserError as exc:
+        raise UserError(f"--vocab-words {n}: {exc}") from None
+    vocab = WordPieceTokenizer(files["tokenizer.json"], plan.student.max_length).vocab_size
+    return replace(plan, tokenizer_files=files, student=replace(plan.student, vocab_size=vocab))
+
+
+def student_words(student, cache: TeacherCache) -> tuple[int, list[str], np.ndarray] | None:
+    """(base vocabulary size, words, their teacher outputs) of the whole words `student` carries beyond the cache
+    tokenizer's ids (its first words of the cache's, checked id by id), or None when it carries none."""
+    base = base_vocab_size(read_tokenizer_files(cache.tokenizer_path)["tokenizer.json"])
+    extra = student.config.vocab_size - base
+    if extra <= 0:
+        return None
+    found = read_vocab_words(cache.local_files())
+    words, outputs = found if found is not None else ([], np.zeros((0, cache.dim), dtype=np.float32))
+    words, outputs = words[:extra], outputs[:extra]
+    ids = [student.tokenizer.tokenizer.token_to_id(word) for word in words]
+    if len(words) != extra or ids != list(range(base, base + extra)):
+        raise CacheError(f"{cache.location}: the student has {extra:,} ids beyond the teacher's vocabulary, which "
+                         "are not the cache's first whole words (vocab_words.txt); rerun `tc vocab` or drop "
+                         "--vocab-words")
+    return base, words, outputs
+
+
+def with_word_rows(matrix: np.ndarray, student, cache: TeacherCache, kind: str) -> np.ndarray:
+    """The teacher's per-token `matrix` (input embeddings or outputs) with one row per whole word of the student
+    appended: the word's own teacher output ('outputs'), or the mean of its pieces' rows ('teacher', as the input
+    embeddings hold no whole words); the matrix as it is when the student has no words."""
+    found = student_words(student, cache)
+    if found is None:
+        return matrix
+    base, words, outputs = found
+    if matrix.shape[0] != base:  # the rows must line up with the ids: word i is row base + i
+        raise CacheError(f"--vocab-words: {cache.location}'s token {kind} have {matrix.shape[0]:,} rows for a "
+                         f"{base:,}-token vocabulary; whole words need one row per token")
+    if kind == "outputs":
+        rows = outputs
+    else:
+        pieces = WordPieceTokenizer(read_tokenizer_files(cache.tokenizer_path)["tokenizer.json"], 10**6,
+                                    add_special_tokens=False)
+        rows = np.stack([matrix[ids].mean(axis=0) for ids in pieces.ids(words)])
+    return np.concatenate([matrix, rows.astype(matrix.dtype)])
