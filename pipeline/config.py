@@ -15,7 +15,8 @@ class ProbeConfig(Checked):
     """Knobs of `tc probe`."""
 
     shards: str = setting("out", "Teacher cache (from tc encode): a folder or a store URL (s3://bucket/prefix).")
-    student: Path = setting(Path("student_out"), "Student folder (from tc train-student).")
+    student: str = setting("student_out", "Student folder (from tc train-student), or the store URL it was trained "
+                                          "into (s3://bucket/prefix; downloaded first).")
     cache_dir: str | None = setting(None, "A remote --shards' local shard cache (default: under the user cache dir).")
     cache_limit: int | None = setting(None, "Most bytes a remote --shards' local shard cache holds (default 20GB).",
                                       parse=parse_size)

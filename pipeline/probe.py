@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from pipeline import plots
 from pipeline.config import ProbeConfig
 from pipeline.neighbours import NeighbourIndex, build_index, normalize
+from student.remote import student_folder
 from student.student import load_student_folder
 from teacher_cache import open_cache
 from teacher_cache.base.atomic import fsync_file
@@ -101,7 +102,7 @@ def probe(cfg: ProbeConfig) -> dict:
     except (KeyError, CacheError):
         raise CacheError(f"{cfg.shards}: the cache holds no texts, so the student has nothing to encode") from None
     n = validate(cfg, len(cache))
-    student = load_student_folder(cfg.student, "--student")
+    student = load_student_folder(student_folder(cfg.student, "--student"), "--student")  # a URL: downloaded
     if student.dim != cache.dim:
         raise UserError(f"--student {cfg.student}: outputs {student.dim}-d vectors but the cache holds "
                          f"{cache.dim}-d; probe a student distilled from this cache")

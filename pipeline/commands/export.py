@@ -11,7 +11,8 @@ from teacher_cache.base.errors import UserError
 
 
 def export(
-    model: Annotated[Path, typer.Option(help="Student folder (from tc train-student).")] = Path("student_out"),
+    model: Annotated[str, typer.Option(help="Student folder (from tc train-student), or the store URL it was "
+                                            "trained into (s3://bucket/prefix; downloaded first).")] = "student_out",
     to: Annotated[str, typer.Option("--to", help="model2vec (static students: one folded embedding matrix that "
                                                  "model2vec's StaticModel loads) or onnx (every architecture, "
                                                  "for student.OnnxStudent / onnxruntime).")] = None,

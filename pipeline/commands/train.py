@@ -84,11 +84,11 @@ def check_before_launch(cfg, nproc: int) -> None:
     """The usual mistakes, caught once here in one line rather than on every rank."""
     import torch
 
-    from student.training.checkpoint import check_output
+    from student.training.student_out import StudentOut
 
     cfg.validate()
     open_cache(cfg.shards).check()
-    check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)
+    StudentOut.open(cfg.out, cfg.shards).check(cfg.resume, cfg.force)  # a folder or a store URL
     if cfg.device.startswith("cuda") and torch.cuda.device_count() < nproc:
         raise UserError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s); use one per process")
 

@@ -29,7 +29,7 @@ OPSET = 17
 # ---------------------------------------------------------------------------------------------------- model2vec
 
 
-def check_model2vec_student(config: StudentConfig, model: Path) -> None:
+def check_model2vec_student(config: StudentConfig, model: str | Path) -> None:
     """Raise a one-line error unless the student is what model2vec computes: a static mean without specials."""
     if config.arch != "static":
         raise UserError(f"--to model2vec: {model} is a {config.arch} student; model2vec holds static students "

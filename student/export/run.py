@@ -30,6 +30,7 @@ import numpy as np
 
 from student.export.formats import check_model2vec_student, import_onnx, model2vec_vectors, write_model2vec, write_onnx
 from student.export.onnx_student import OnnxStudent
+from student.remote import student_folder
 from student.student import load_student_folder
 from teacher_cache.base.atomic import fsync_file
 from teacher_cache.base.errors import NO_SPACE, UserError, reason
@@ -37,6 +38,7 @@ from teacher_cache.base.lock import LOCK_NAME
 from teacher_cache.base.out_folder import OutFolder
 from teacher_cache.base.progress import log
 from teacher_cache.base.signals import sigterm_as_interrupt
+from teacher_cache.storage import is_url
 
 FORMATS = ("model2vec", "onnx")
 DTYPES = ("float32", "float16", "int8")
@@ -78,7 +80,7 @@ def folder_bytes(folder: Path) -> int:
 # -------------------------------------------------------------------------------------------------------- export
 
 
-def export_card(fmt: str, dtype: str, source: Path, dim: int, cosine: float) -> str:
+def export_card(fmt: str, dtype: str, source: str | Path, dim: int, cosine: float) -> str:
     """README.md of an exported folder: what it is and how to load it."""
     if fmt == "model2vec":
         use = ("```python\nfrom model2vec import StaticModel\n\nmodel = StaticModel.from_pretrained(\"PATH\")\n"
@@ -111,10 +113,12 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
         raise UserError(f"--to {to}: choose one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    model, out = Path(model), Path(out)
-    folder = export_out(out, model)
+    remote = is_url(str(model))
+    model = str(model) if remote else Path(model)  # a URL is named as given (a Path would fold its '//')
+    out = Path(out)
+    folder = export_out(out, None if remote else model)
     folder.refuse_unsafe()  # before anything is read, written or removed
-    student = load_student_folder(model)
+    student = load_student_folder(student_folder(model, "--model"))  # a store URL's student: downloaded first
     if to == "model2vec":
         check_model2vec_student(student.config, model)
     else:
@@ -142,10 +146,11 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
     return ExportResult(out, to, dtype, folder_bytes(dest), cosine)
 
 
-def export_out(out: str | Path, model: str | Path) -> OutFolder:
+def export_out(out: str | Path, model: str | Path | None) -> OutFolder:
     """The --out of an export: replaced whole by the finished export, so never the current folder or above it, and
-    never overlapping --model (the same folder, inside it or holding it: --force would delete the student)."""
-    return OutFolder(out, "tc export", inputs={"--model": Path(model)}, replaced_whole=True)
+    never overlapping --model (the same folder, inside it or holding it: --force would delete the student; None:
+    a student in a store, which no local folder overlaps)."""
+    return OutFolder(out, "tc export", inputs={} if model is None else {"--model": Path(model)}, replaced_whole=True)
 
 
 def temp_folder(dest: Path, pid: int | str) -> Path:
@@ -171,7 +176,7 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     return stale
 
 
-def write_checked(student, model: Path, to: str, dtype: str, tmp: Path, out: Path) -> float:
+def write_checked(student, model: str | Path, to: str, dtype: str, tmp: Path, out: Path) -> float:
     """Write the export into `tmp` and check it against the torch student; return the worst cosine.
 
     A write that fails (a full disk, a permission) is one line naming --out and the file; nothing is placed."""

@@ -67,19 +67,21 @@ def setting_differences(saved: dict, current: dict) -> list[str]:
     return [f"{k}: {saved.get(k)!r} != {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
-def load_checkpoint(out: str | Path, settings: dict) -> dict:
-    """The checkpoint in `out`, refused in one line when missing, unreadable or made with other settings."""
+def load_checkpoint(out: str | Path, settings: dict, shown: str | None = None) -> dict:
+    """The checkpoint in `out`, refused in one line when missing, unreadable or made with other settings; `shown`
+    names its folder in those lines (a store URL's, when `out` is the staging folder it was downloaded into)."""
     path = checkpoint_file(out)
+    where = shown or str(path.parent)
     if not path.exists():
-        raise CacheError(f"--resume: no checkpoint in {path.parent}; start without --resume")
+        raise CacheError(f"--resume: no checkpoint in {where}; start without --resume")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn or foreign file: say so in one line
-        raise CacheError(f"--resume: {path}: unreadable checkpoint ({first_line(exc)})") from None
+        raise CacheError(f"--resume: {where}/{CHECKPOINT_FILE}: unreadable checkpoint ({first_line(exc)})") from None
     differences = setting_differences(state.get("settings", {}), settings)
     if differences:
         more = f" (and {len(differences) - 2} more)" if len(differences) > 2 else ""
-        raise CacheError(f"--resume: the checkpoint in {path.parent} was made with other settings "
+        raise CacheError(f"--resume: the checkpoint in {where} was made with other settings "
                          f"({'; '.join(differences[:2])}{more}); rerun with the same flags or pass --force "
                          "(without --resume) to start over")
     return state
@@ -99,7 +101,7 @@ def earlier_run(present: list[str]) -> str | None:
     return EARLIER_RUN if CHECKPOINT_DIR in present or "training_args.json" in present else None
 
 
-def check_output(out: str | Path, shards: str | Path, resume: bool, force: bool) -> None:
+def check_output(out: str | Path, shards: str | Path | None, resume: bool, force: bool) -> None:
     """Refuse an --out that would lose something: the cache itself, another folder's files, an earlier run."""
     out = Path(out)
     if resume and force:
@@ -124,7 +126,7 @@ def clear_output(out: str | Path) -> None:
 
 
 @contextmanager
-def hold_output(out: str | Path, shards: str | Path, command: str = "tc train-student") -> Iterator[None]:
+def hold_output(out: str | Path, shards: str | Path | None, command: str = "tc train-student") -> Iterator[None]:
     """Lock --out for one run (rank 0 alone under torchrun); a second writer is refused in one line naming the first.
 
     Under the lock, leftovers of a checkpoint that was never completed (a full disk, a kill) are removed, so that

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -106,11 +105,12 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def check_world_size(state: dict | None, ctx: DistContext, out: str) -> None:
-    """Refuse (one line) to resume a checkpoint saved by another number of processes: its data split differs."""
+def check_world_size(state: dict | None, ctx: DistContext, where: str) -> None:
+    """Refuse (one line) to resume a checkpoint saved by another number of processes: its data split differs;
+    `where` names the checkpoint folder (e.g. student_out/checkpoint, or a store URL's)."""
     saved = (state or {}).get("world_size", 1)
     if state is not None and saved != ctx.world_size:
-        raise UserError(f"--resume: the checkpoint in {Path(out) / 'checkpoint'} was made by {saved} process(es), "
+        raise UserError(f"--resume: the checkpoint in {where} was made by {saved} process(es), "
                          f"this run has {ctx.world_size}; resume it with --nproc {saved}")
 
 

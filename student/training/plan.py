@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 
 from student.config import StudentConfig
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
 from student.training.data import StreamingCacheDataset
 from student.training.distributed import DistContext
+from student.training.student_out import StudentOut
 from student.training.train_config import RUN_ONLY, TrainConfig
 from teacher_cache.base.errors import UserError
 from teacher_cache.reader import TeacherCache
@@ -42,6 +44,11 @@ class RunPlan:
     def total_steps(self) -> int:
         """Steps of the whole run: the learning-rate schedule's length."""
         return sum(self.epoch_steps)
+
+    @cached_property
+    def out(self) -> StudentOut:
+        """--out: the folder the run writes into (a URL's staging folder) and how it publishes there."""
+        return StudentOut.open(self.cfg.out, self.cfg.shards)
 
     @property
     def rates(self) -> list[tuple[str, float]]:

@@ -12,7 +12,6 @@ import signal
 import time
 from dataclasses import replace
 from itertools import islice
-from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -21,14 +20,7 @@ from torch.utils.data import DataLoader
 from student.student import Student
 from student.training import distributed
 from student.training.card import write_run_files
-from student.training.checkpoint import (
-    check_output,
-    clear_output,
-    hold_output,
-    load_checkpoint,
-    remove_checkpoint,
-    save_checkpoint,
-)
+from student.training.checkpoint import load_checkpoint, save_checkpoint
 from student.training.data import Batch, StreamingCacheDataset, read_rows, validation_ids
 from student.training.evaluate import evaluate
 from student.training.init import init_embeddings
@@ -36,6 +28,7 @@ from student.training.losses import loss_fn
 from student.training.optim import adamw, all_finite, clip_gradients, diverged, lr_factor, param_groups, set_lr
 from student.training.plan import RunPlan, RunState, plan_run, schedule
 from student.training.runtime import autocast_dtype, deferred_interrupt, resolve_device
+from student.training.student_out import StudentOut
 from student.training.train_config import TrainConfig
 from teacher_cache.base.errors import CacheError, Terminated, UserError
 from teacher_cache.base.progress import Progress, log
@@ -85,7 +78,7 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizers: list, scaler, c
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) a student as `cfg` says; return the metrics. Writes the student folder when done."""
-    with hold_output(cfg.out, cfg.shards):  # one writer per --out: a second run is refused, naming this one
+    with StudentOut.open(cfg.out, cfg.shards).hold():  # one writer per --out: a second one is refused, named
         return _train(cfg)
 
 
@@ -117,10 +110,10 @@ def stop_diverged(plan: RunPlan, state: RunState, what: str, progress: Progress 
     """Stop in one line, saving nothing more: the loss, the weights or the outputs are no longer finite."""
     if progress is not None:  # its last line first, so that the error is the last thing said
         progress.close()
-    out = plan.cfg.out
+    out = plan.out
     earlier = "; --force removed nothing: the earlier run's files there are kept" if plan.cfg.force else ""
-    kept = (f"nothing was saved in {out}{earlier}" if state.saved_step is None else
-            f"{Path(out) / 'checkpoint'} keeps step {state.saved_step} (saved before); pass --force to start over")
+    kept = (f"nothing was saved in {out.where()}{earlier}" if state.saved_step is None else
+            f"{out.where('checkpoint')} keeps step {state.saved_step} (saved before); pass --force to start over")
     raise diverged(state.epoch + (1 if state.batches_done else 0), state.step, what, plan.rates, kept)
 
 
@@ -142,7 +135,7 @@ def replace_earlier(plan: RunPlan, state: RunState) -> None:
     Not at the start: a --force run that is killed, diverges or stops on a changed cache before it saves anything
     leaves the earlier student whole (as tc encode --force keeps the old cache until its first shard)."""
     if plan.cfg.force and plan.ddp.is_main and not state.replaced:
-        clear_output(plan.cfg.out)
+        plan.out.replace_earlier()
     state.replaced = True
 
 
@@ -154,11 +147,12 @@ def checkpoint_now(plan: RunPlan, state: RunState, student: Student, optimizers:
     if plan.ddp.is_main:
         replace_earlier(plan, state)
         cuda = plan.ddp.device.type == "cuda"
-        save_checkpoint(plan.cfg.out, {
+        save_checkpoint(plan.out.folder, {
             "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
             "scaler": scaler.state_dict() if scaler else None, "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if cuda else [], **state.to_dict(),
             "sparse": plan.sparse, "settings": plan.settings, "world_size": plan.ddp.world_size})
+        plan.out.publish_checkpoint()  # a URL's: uploaded, whole, before the run goes on
     state.saved_step = state.step
     distributed.barrier(plan.ddp)  # no rank exits (and so no launcher kills rank 0) before the file is complete
 
@@ -190,9 +184,12 @@ def _train(cfg: TrainConfig) -> dict:
                        download_rate=cfg.download_rate)
     cache.check_before_use()  # every shard before --force clears anything (a remote one: sizes; sha256 on arrival)
     plan = plan_run(cfg, cache, ddp)
-    check_output(cfg.out, cfg.shards, cfg.resume, cfg.force)
-    saved = load_checkpoint(cfg.out, plan.settings) if cfg.resume else None
-    distributed.check_world_size(saved, ddp, cfg.out)
+    out = plan.out
+    out.check(cfg.resume, cfg.force)
+    if cfg.resume:
+        out.fetch_checkpoint()  # a URL's checkpoint into staging (a folder holds its own)
+    saved = load_checkpoint(out.folder, plan.settings, out.where("checkpoint")) if cfg.resume else None
+    distributed.check_world_size(saved, ddp, out.where("checkpoint"))
 
     # ---- the student, its optimizers, the data ------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -218,7 +215,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     # ---- from here on we write into --out ------------------------------------------------------------------------
     distributed.barrier(ddp)  # every rank has passed the checks; --force clears at the first save (replace_earlier)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    out.folder.mkdir(parents=True, exist_ok=True)
     state = restore(plan, saved, student, optimizers, scaler) if saved else RunState()
     if saved:
         log(f"resuming at epoch {state.epoch + 1}, step {state.step:,} ({state.rows_seen:,} sentences seen)",
@@ -256,7 +253,7 @@ def _train(cfg: TrainConfig) -> dict:
                     if interrupted["hit"]:
                         term = interrupted["signal"] == signal.SIGTERM
                         log(f"{'terminated (SIGTERM)' if term else 'interrupted'} at step {state.step:,}: checkpoint "
-                            f"saved in {Path(cfg.out) / 'checkpoint'}; rerun with --resume to continue",
+                            f"saved in {out.where('checkpoint')}; rerun with --resume to continue",
                             quiet=not ddp.is_main)  # rank 0 alone says it
                         raise Terminated if term else KeyboardInterrupt
                     log(f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue", not ddp.is_main)
@@ -280,9 +277,9 @@ def _train(cfg: TrainConfig) -> dict:
     check_cache(plan, state, every_rank=False)  # the other ranks have returned
     check_finite(plan, state, student)
     replace_earlier(plan, state)  # done at the first checkpoint already (every epoch ends with one)
-    student.save_pretrained(cfg.out)
-    write_run_files(cfg.out, plan.args(), metrics, student.num_parameters())
-    remove_checkpoint(cfg.out)
+    student.save_pretrained(out.folder)
+    write_run_files(out.folder, plan.args(), metrics, student.num_parameters())
+    out.publish_student()  # a URL's: model files, config.json last; then the checkpoint goes (a folder's too)
     log(f"{cfg.out}: {plan.student.arch} student, {state.step:,} steps, " +
         "  ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items()))
     return metrics

@@ -47,8 +47,9 @@ class TrainConfig(Checked):
                                            "student/training/recipes.py. Every other option overrides it.")
     # data
     shards: str = setting("out", "Cache written by `tc encode`: a folder or a store URL (s3://bucket/prefix).")
-    out: str = setting("student_out", "Student folder to write (created; refused when it holds other things, "
-                                      "unless --force).")
+    out: str = setting("student_out", "Student folder to write, or a store URL (s3://bucket/prefix, written "
+                                      "through a local staging folder); refused when it holds other things, "
+                                      "unless --force.")
     target_column: str | None = setting(None, "Teacher vector to learn: a pooling (mean, cls) or column name; "
                                               "default the cache's first.")
     max_rows: int | None = setting(None, "Use only the first N rows of the cache.", check=count(1))
