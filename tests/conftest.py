@@ -4,9 +4,9 @@ folder."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
-import shutil
 from pathlib import Path
 
 import pytest

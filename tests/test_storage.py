@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pytest
 
 from teacher_cache.base.errors import UserError

@@ -239,15 +239,9 @@ def test_vocab_words_without_the_files_is_one_line(tiny_cache, vocab_cache):
 def test_a_student_with_words_trains_and_exports_the_same_vectors(vocab_cache, tmp_path, capsys, monkeypatch):
     st = pytest.importorskip("sentence_transformers")
     model2vec = pytest.importorskip("model2vec")
-    import student.training.train as train_module
-
-    # what train.py's call `plan = add_vocab_words(plan, cache, cfg.vocab_words)` does, with --vocab-words 40
-    planned = train_module.plan_run
-    monkeypatch.setattr(train_module, "plan_run", lambda cfg, cache, ddp: add_vocab_words(
-        planned(cfg, cache, ddp), cache, WORDS))
     code, _, err = run_cli(capsys, "train-student", "--shards", vocab_cache, "--out", tmp_path / "s", "--arch",
                            "static", "--token-weights", "--emb-dim", "16", "--epochs", "1", "--batch-size", "16",
-                           "--val-rows", "30", "--quiet")
+                           "--val-rows", "30", "--quiet", "--vocab-words", str(WORDS))
     assert code == 0, err
     student = Student.from_pretrained(tmp_path / "s")
     words = cache_words(vocab_cache)

@@ -23,7 +23,7 @@ from student.training.card import write_run_files
 from student.training.checkpoint import load_checkpoint, save_checkpoint
 from student.training.data import Batch, StreamingCacheDataset, read_rows, validation_ids
 from student.training.evaluate import evaluate
-from student.training.init import init_embeddings
+from student.training.init import add_vocab_words, init_embeddings
 from student.training.losses import loss_fn
 from student.training.optim import adamw, all_finite, clip_gradients, diverged, lr_factor, param_groups, set_lr
 from student.training.plan import RunPlan, RunState, plan_run, schedule
@@ -184,6 +184,7 @@ def _train(cfg: TrainConfig) -> dict:
                        download_rate=cfg.download_rate)
     cache.check_before_use()  # every shard before --force clears anything (a remote one: sizes; sha256 on arrival)
     plan = plan_run(cfg, cache, ddp)
+    plan = add_vocab_words(plan, cache, cfg.vocab_words)  # --vocab-words: the tokenizer files and vocab_size
     out = plan.out
     out.check(cfg.resume, cfg.force)
     if cfg.resume:

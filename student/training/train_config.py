@@ -82,6 +82,9 @@ class TrainConfig(Checked):
     static_path: bool | None = setting(None, "CNN: add a static student's path beside the convolutions "
                                              "(started from the token outputs).")
     sif: float = setting(1e-3, "SIF's a in a/(a+p(token)) for the initial token weights (0: none).", check=non_negative)
+    vocab_words: int | None = setting(None, "Add the cache's first N whole words (written by `tc vocab`) to the "
+                                            "vocabulary, each started from the teacher's output for it (0: none).",
+                                      check=count(0, 10_000_000))
     # optimisation
     epochs: int | None = setting(None, "Passes over the training rows.", check=EPOCHS)
     batch_size: int | None = setting(None, "Sentences per step (per process with --nproc).", check=count(1))
