@@ -142,10 +142,15 @@ class StreamingCacheDataset(IterableDataset):
         self.cache_dir = self.cache.location
         self.shards = self.cache.manifest.shards
         self.epoch, self.skip_batches = 0, 0
+        self.done_ids = np.zeros(0, dtype=np.int64)  # rows of this epoch trained on before an elastic resume
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Choose the epoch to stream next and how many of its first batches to pass over (when resuming)."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0, done_ids: np.ndarray | None = None) -> None:
+        """Choose the epoch to stream next and how many of its first batches to pass over (a resume on as many
+        processes), or which of its rows were trained on already (`done_ids`: a resume on another number of
+        processes, whose share of the rest is cut afresh)."""
         self.epoch, self.skip_batches = epoch, skip_batches
+        self.done_ids = np.zeros(0, dtype=np.int64) if done_ids is None else np.sort(
+            np.asarray(done_ids, dtype=np.int64))
 
     def shard_order(self, epoch: int) -> list[int]:
         """All shard indices (those below max_rows) in this epoch's order, the same for every worker and rank."""
@@ -186,7 +191,8 @@ class StreamingCacheDataset(IterableDataset):
         if end < info.id_start:
             return 0
         val = np.count_nonzero((self.val_ids >= info.id_start) & (self.val_ids <= end))
-        return end - info.id_start + 1 - int(val)
+        done = np.count_nonzero((self.done_ids >= info.id_start) & (self.done_ids <= end))  # disjoint from val
+        return end - info.id_start + 1 - int(val) - int(done)
 
     def batches_per_epoch(self, epoch: int, num_workers: int = 0, rank: int | None = None) -> int:
         """Exact number of batches a rank (default this one) yields in `epoch` (only each stream's last is short)."""
@@ -206,6 +212,8 @@ class StreamingCacheDataset(IterableDataset):
             table = cache.read_shard(index, ["id", "text", self.column, "n_tokens"])
             ids = table.column("id").to_numpy()
             keep = ~np.isin(ids, self.val_ids)
+            if len(self.done_ids):
+                keep &= ~np.isin(ids, self.done_ids)
             if self.max_rows is not None:
                 keep &= ids < self.max_rows
             kept = np.flatnonzero(keep)[first:end]

@@ -16,10 +16,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from teacher_cache.base.errors import UserError, first_line
+from teacher_cache.base.progress import log
 
 
 @dataclass
@@ -80,6 +82,15 @@ def all_sum(ctx: DistContext, *values: float) -> list[float]:
     return tensor.tolist()
 
 
+def all_any(ctx: DistContext, flags: np.ndarray) -> np.ndarray:
+    """The element-wise OR of a boolean array over all ranks (one all-reduce of a byte per element)."""
+    if not ctx.enabled:
+        return flags
+    tensor = torch.from_numpy(flags.astype(np.uint8)).to(ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.cpu().numpy().astype(bool)
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait until every rank is here (a no-op with one process)."""
     if ctx.enabled:
@@ -106,12 +117,17 @@ def exit_now(code: int) -> None:
 
 
 def check_world_size(state: dict | None, ctx: DistContext, where: str) -> None:
-    """Refuse (one line) to resume a checkpoint saved by another number of processes: its data split differs;
-    `where` names the checkpoint folder (e.g. student_out/checkpoint, or a store URL's)."""
+    """Refuse (one line) to resume, on another number of processes, a checkpoint taken mid-epoch that does not
+    say which rows of its epoch were trained on (made before elastic resumes); any other is resumed. `where`
+    names the checkpoint folder (e.g. student_out/checkpoint, or a store URL's)."""
     saved = (state or {}).get("world_size", 1)
-    if state is not None and saved != ctx.world_size:
-        raise UserError(f"--resume: the checkpoint in {where} was made by {saved} process(es), "
-                         f"this run has {ctx.world_size}; resume it with --nproc {saved}")
+    if state is None or saved == ctx.world_size:
+        return
+    if state.get("batches_done") and "epoch_done" not in state:
+        raise UserError(f"--resume: the checkpoint in {where} was made by {saved} process(es), this run has "
+                        f"{ctx.world_size}; resume it with --nproc {saved}")
+    log(f"--resume: the checkpoint was made by {saved} process(es), this run has {ctx.world_size}: the rest of its "
+        "epoch is split afresh between them (no row of it repeated or left out)", quiet=not ctx.is_main)
 
 
 def torchrun_command(nproc: int, module: str, args: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from itertools import islice
 from typing import NoReturn
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -140,10 +141,15 @@ def replace_earlier(plan: RunPlan, state: RunState) -> None:
 
 
 def checkpoint_now(plan: RunPlan, state: RunState, student: Student, optimizers: list, scaler,
-                   progress: Progress) -> None:
-    """Save everything needed to continue exactly from here (rank 0 writes; the ranks hold identical weights)."""
+                   progress: Progress, done: np.ndarray | None = None) -> None:
+    """Save everything needed to continue exactly from here (rank 0 writes; the ranks hold identical weights).
+
+    `done` marks the rows this epoch has trained on, on this rank; their union over the ranks is saved (packed
+    bits), so the checkpoint can be resumed on another number of processes (None: not known, so it cannot).
+    """
     check_cache(plan, state)  # never a checkpoint of weights that saw two caches
     check_finite(plan, state, student, progress)  # nor of weights that are not finite
+    every = distributed.all_any(plan.ddp, done) if done is not None and state.batches_done else None
     if plan.ddp.is_main:
         replace_earlier(plan, state)
         cuda = plan.ddp.device.type == "cuda"
@@ -151,10 +157,24 @@ def checkpoint_now(plan: RunPlan, state: RunState, student: Student, optimizers:
             "model": student.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
             "scaler": scaler.state_dict() if scaler else None, "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if cuda else [], **state.to_dict(),
-            "sparse": plan.sparse, "settings": plan.settings, "world_size": plan.ddp.world_size})
+            "sparse": plan.sparse, "settings": plan.settings, "world_size": plan.ddp.world_size,
+            **({"epoch_done": torch.from_numpy(np.packbits(every) if every is not None else np.zeros(0, np.uint8))}
+               if every is not None or not state.batches_done else {})})  # a tensor: weights_only loads it
         plan.out.publish_checkpoint()  # a URL's: uploaded, whole, before the run goes on
     state.saved_step = state.step
     distributed.barrier(plan.ddp)  # no rank exits (and so no launcher kills rank 0) before the file is complete
+
+
+def resumed_rows(saved: dict, n_rows: int) -> np.ndarray | None:
+    """The rows of the checkpoint's epoch trained on so far (all ranks'), or None when it does not say (made before
+    elastic resumes): its later checkpoints then cannot be resumed on another number of processes either."""
+    if not saved.get("batches_done"):
+        return np.zeros(n_rows, dtype=bool)
+    if "epoch_done" not in saved:
+        return None
+    packed = saved["epoch_done"]
+    packed = packed.numpy() if isinstance(packed, torch.Tensor) else np.asarray(packed, dtype=np.uint8)
+    return np.unpackbits(packed.astype(np.uint8), count=n_rows).astype(bool)
 
 
 def restore(plan: RunPlan, saved: dict, student: Student, optimizers: list, scaler) -> RunState:
@@ -227,10 +247,21 @@ def _train(cfg: TrainConfig) -> dict:
     # ---- the loop -----------------------------------------------------------------------------------------------
     progress = Progress("train", plan.train_rows * cfg.epochs, "sentences", quiet=cfg.quiet, start=state.rows_seen)
     state.started, smooth = time.monotonic(), None
+    # the rows this rank trained on in the current epoch (a resume on another number of processes needs them)
+    done = resumed_rows(saved, plan.n_rows) if saved else np.zeros(plan.n_rows, dtype=bool)
+    elastic = saved is not None and saved.get("world_size", 1) != ddp.world_size and state.batches_done > 0
     with deferred_interrupt() as interrupted:
         while state.epoch < cfg.epochs:
-            dataset.set_epoch(state.epoch, skip_batches=state.batches_done)
-            batches = iter(loader) if cfg.num_workers == 0 else islice(iter(loader), state.batches_done, None)
+            if elastic:  # the epoch's rows not yet trained on, split afresh between this run's processes
+                dataset.set_epoch(state.epoch, done_ids=np.flatnonzero(done))
+                steps = list(plan.epoch_steps)
+                steps[state.epoch] = state.batches_done + dataset.steps_per_epoch(state.epoch, cfg.num_workers)
+                plan = replace(plan, epoch_steps=tuple(steps))
+                skip = 0
+            else:
+                dataset.set_epoch(state.epoch, skip_batches=state.batches_done)
+                skip = state.batches_done
+            batches = iter(loader) if cfg.num_workers == 0 else islice(iter(loader), skip, None)
             for batch in islice(batches, max(0, plan.epoch_steps[state.epoch] - state.batches_done)):
                 set_lr(optimizers, lr_factor(state.step, plan.total_steps, plan.warmup, cfg.decay, cfg.min_lr_ratio),
                        cfg.emb_lr or cfg.lr)
@@ -240,6 +271,8 @@ def _train(cfg: TrainConfig) -> dict:
                 interrupted["hit"] = stop > 0  # a Ctrl-C on any rank stops all of them at this same step
                 state.step, state.batches_done = state.step + 1, state.batches_done + 1
                 state.rows_seen += int(rows)
+                if done is not None:
+                    done[batch.ids.cpu().numpy()] = True
                 if bad:  # a NaN/inf loss on any rank: all stop at this same step, before anything is saved
                     stop_diverged(plan, state, f"loss {loss:g}" if not math.isfinite(loss)
                                   else "loss not finite on another rank", progress)
@@ -249,7 +282,7 @@ def _train(cfg: TrainConfig) -> dict:
                 if cfg.eval_every and state.step % cfg.eval_every == 0:
                     evaluate_now(plan, state, student, val_texts, val_targets)
                 if interrupted["hit"] or (cfg.max_steps and state.step >= cfg.max_steps):
-                    checkpoint_now(plan, state, student, optimizers, scaler, progress)
+                    checkpoint_now(plan, state, student, optimizers, scaler, progress, done)
                     progress.close()
                     if interrupted["hit"]:
                         term = interrupted["signal"] == signal.SIGTERM
@@ -260,8 +293,9 @@ def _train(cfg: TrainConfig) -> dict:
                     log(f"stopped at --max-steps {cfg.max_steps}: rerun with --resume to continue", not ddp.is_main)
                     return {"stopped": True, "step": state.step, "rows_seen": state.rows_seen, "history": state.history}
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                    checkpoint_now(plan, state, student, optimizers, scaler, progress)
-            state.epoch, state.batches_done = state.epoch + 1, 0
+                    checkpoint_now(plan, state, student, optimizers, scaler, progress, done)
+            state.epoch, state.batches_done, elastic = state.epoch + 1, 0, False
+            done = np.zeros(plan.n_rows, dtype=bool)
             evaluate_now(plan, state, student, val_texts, val_targets)
             checkpoint_now(plan, state, student, optimizers, scaler, progress)  # the cache re-checked first
     progress.close()
