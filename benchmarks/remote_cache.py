@@ -47,6 +47,7 @@ import copy
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -431,7 +432,10 @@ def throughput(args: argparse.Namespace) -> None:
                 out = fresh(work / "out" / f"{recipe}-{pair}-{mode.replace('@', '-')}")
                 if mode != "local":
                     shutil.rmtree(mirror / "shards", ignore_errors=True)
+                before = resource.getrusage(resource.RUSAGE_SELF)  # this process hosts the S3 server: its CPU
                 wall, usage, _, _ = run_child(command(recipe, mode, out, steps[recipe]))
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                server_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
                 rss = usage.ru_maxrss / 1024
                 train_s, seen, done = run_metrics(out)
                 row = results.add(key[(recipe, pair, mode)], {
@@ -439,10 +443,12 @@ def throughput(args: argparse.Namespace) -> None:
                     "order": [m for r, p, m in plan if (r, p) == (recipe, pair)].index(mode), "steps": done,
                     "wall_s": round(wall, 2), "train_s": round(train_s, 2), "rows_seen": seen,
                     "rows_per_s": round(seen / max(train_s, 1e-9), 1), "peak_rss_mib": round(rss, 1),
+                    "server_cpu_s": round(server_cpu, 2),
                     "cache_limit": limit if mode != "local" else None, "download_rate": rate if mode == "s3@rate"
                     else None, "settings": json.loads(settings)})
                 print(f"  {recipe} pair {pair} {mode}: {row['rows_per_s']:,.0f} rows/s in the loop "
-                      f"({seen:,} rows, {train_s:.1f} s), whole process {wall:.1f} s, {rss:.0f} MiB",
+                      f"({seen:,} rows, {train_s:.1f} s), whole process {wall:.1f} s, {rss:.0f} MiB; the S3 "
+                      f"server (this process) used {server_cpu:.1f} CPU s meanwhile",
                       file=sys.stderr, flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     summarize_throughput(results, settings, recipes, pairs, key)

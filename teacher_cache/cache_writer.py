@@ -20,12 +20,12 @@ from pathlib import Path
 from teacher_cache.base.errors import CacheMismatchError, UserError
 from teacher_cache.base.lock import FolderLock
 from teacher_cache.base.progress import warn
-from teacher_cache.base.safe_paths import remove_file, remove_tree
+from teacher_cache.base.safe_paths import remove_file
 from teacher_cache.base.user_dirs import user_cache_dir
 from teacher_cache.cache_files import (
-    OWN_FILES,
     STRAY_FILES,
     TOKENIZER_DIR,
+    cache_out,
     other_files,
     previous_cache,
     record_files,
@@ -103,10 +103,7 @@ class CacheWriter:
                             "start afresh") from None
 
     def _clear_staging(self) -> None:
-        for pattern in OWN_FILES:
-            for path in self.out.glob(pattern):
-                remove_file(path)
-        remove_tree(self.out / TOKENIZER_DIR)
+        cache_out(self.out).clear_own()
 
     def resume(self, manifest: CacheManifest, existing: CacheManifest, more_differences: list[str] = ()) -> bool:
         """Continue `existing` as `manifest` (refused on other settings); True when it is complete already."""
@@ -177,9 +174,9 @@ class CacheWriter:
             wipe_cache(self.out, old)
             return
         listed = set(old.files) | {s.file for s in old.shards} if isinstance(old, CacheManifest) else set()
+        own = cache_out(self.out)  # the same own names as a local cache's (base/out_folder.py)
         for name in self.store.list():
-            ours = name.split("/")[0] == TOKENIZER_DIR or any(fnmatch.fnmatchcase(name, p) for p in OWN_FILES)
-            if (ours or name in listed) and name != MANIFEST_NAME:
+            if (own.is_own(name) or name in listed) and name != MANIFEST_NAME:
                 self.store.remove(name)
         self.store.remove(MANIFEST_NAME)  # last: until now a reader still saw the old cache's manifest
         self.published.clear()
@@ -188,8 +185,8 @@ class CacheWriter:
         """Names in --out that are not the cache's (kept, never removed)."""
         if not self.remote:
             return other_files(self.out)
-        return [n for n in self.store.list() if not n.startswith(".") and n.split("/")[0] != TOKENIZER_DIR
-                and not any(fnmatch.fnmatchcase(n, p) for p in OWN_FILES)]
+        own = cache_out(self.out)
+        return [n for n in self.store.list() if not n.startswith(".") and not own.is_own(n)]
 
     def save(self, manifest: CacheManifest) -> None:
         """Save the manifest (locally; for a URL also uploaded, after every object it lists)."""

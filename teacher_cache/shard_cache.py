@@ -201,6 +201,9 @@ class ShardCache:
         bad = [i for i in order if not 0 <= i < len(self.shards)]
         if bad:
             raise ValueError(f"shard index {bad[0]} out of range (the cache has {len(self.shards)} shards)")
+        with self._cv:  # the same order again (set-up, then the loop): the downloads under way go on
+            if list(order) == self._order and self._thread is not None and self._thread.is_alive():
+                return
         self._stop_thread()
         with self._cv:
             self._order, self._pos, self._crash = list(order), 0, None
