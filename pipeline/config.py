@@ -24,7 +24,8 @@ class ProbeConfig(Checked):
     queries: int | None = setting(None, "Held-out query rows (default: 1000, or a fifth of the rows probed if "
                                         "fewer).", check=count(1))
     index: str = setting("auto", "auto (exact; HNSW from 50,000 queries, where its build pays), flat, ivf or hnsw.")
-    report: Path = setting(Path("probe"), "Folder for report.json, report.md and PNG plots.")
+    report: str = setting("probe", "Folder for report.json, report.md and PNG plots, or a store URL "
+                                   "(s3://bucket/prefix; written locally, then uploaded, report.json last).")
     max_rows: int | None = setting(20_000, "Probe a random sample of this many cached rows (0 = all).", check=count(0))
     column: str | None = setting(None, "Cache vector column or pooling (default: the first).")
     seed: int = setting(0, "Seed for the row sample and the query split.", check=SEED)

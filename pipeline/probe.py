@@ -1,4 +1,9 @@
-"""`tc probe`: how close are the student's neighbourhoods to the teacher's, on held-out cached rows."""
+"""`tc probe`: how close are the student's neighbourhoods to the teacher's, on held-out cached rows.
+
+--report may be a store URL (s3://bucket/prefix): the report is written exactly as into a folder, into a local
+staging folder (user cache dir / staging-reports / a hash of the URL, locked for the run), then uploaded file by
+file, report.json last (teacher_cache/remote_out.py, shared with tc train-student --out and tc export --out).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +29,12 @@ from teacher_cache.base.lock import FolderLock
 from teacher_cache.base.progress import format_seconds
 from teacher_cache.base.signals import sigterm_as_interrupt
 from teacher_cache.encode.batching import teacher_encoder
+from teacher_cache.remote_out import RemoteOut, local_folder
 
 RECALL_DEPTHS = (10, 50, 100)
+STAGING_KIND = "staging-reports"  # a URL's staging folder: user cache dir / this / a hash of the URL
+# write_report's files, in the order it places them: report.json, the summary a reader looks for, last
+REPORT_FILES = ("agreement_hist.png", "similarity_scatter.png", "agreement_by_length.png", "report.md", "report.json")
 
 
 def validate(cfg: ProbeConfig, rows: int) -> int:
@@ -86,15 +95,26 @@ def timed_search(index: NeighbourIndex, queries: np.ndarray, k: int) -> tuple[np
 
 
 def run_probe(cfg: ProbeConfig) -> dict:
-    """Run the probe, write report.json, report.md and PNG plots into cfg.report; return the report.
+    """Run the probe, write report.json, report.md and PNG plots into cfg.report (a folder, or a store URL: written
+    into its staging folder, then uploaded, report.json last); return the report.
 
     --report is locked for the run, so a second probe into it is refused in one line rather than mixing files."""
-    with sigterm_as_interrupt(), FolderLock(cfg.report, "tc probe", "--report"):  # SIGTERM: as Ctrl-C, exit 143
-        return probe(cfg)
+    remote = RemoteOut.open(cfg.report, "--report", STAGING_KIND)
+    folder = local_folder(cfg.report) if remote is None else remote.folder
+    lock = FolderLock(folder, "tc probe", "--report") if remote is None else remote.hold("tc probe")
+    with sigterm_as_interrupt(), lock:  # SIGTERM: as Ctrl-C, exit 143
+        if remote is not None:
+            remote.empty_staging()  # what a failed upload left: this run's report is written afresh
+        report = probe(cfg, folder)
+        if remote is not None:
+            remote.publish(REPORT_FILES, last=REPORT_FILES)  # one by one as placed locally: report.json last
+            remote.empty_staging()  # the report is in the store now; the scratch copy would only take disk
+        return report
 
 
-def probe(cfg: ProbeConfig) -> dict:
-    """The probe itself (run_probe holds the --report lock)."""
+def probe(cfg: ProbeConfig, folder: Path) -> dict:
+    """The probe itself, its files written into `folder` (--report, or its URL's staging folder; run_probe holds
+    its lock)."""
     cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit)
     column = cache.vector_column(cfg.column)
     try:
@@ -142,7 +162,7 @@ def probe(cfg: ProbeConfig) -> dict:
     }
     if cfg.query_texts:
         report["user_queries"] = user_queries(cfg, cache, student, t_index, s_index, texts, db_rows, ids)
-    write_report(cfg, report, m, n_tokens[q_rows])
+    write_report(cfg, report, m, n_tokens[q_rows], folder)
     return report
 
 
@@ -183,8 +203,8 @@ def user_queries(cfg: ProbeConfig, cache, student, t_index, s_index, texts, db_r
             for i, text in enumerate(cfg.query_texts)]
 
 
-def write_report(cfg: ProbeConfig, report: dict, m: dict, query_tokens: np.ndarray) -> None:
-    """report.json, report.md and three PNG plots (into the folder run_probe's lock made), all or none of them.
+def write_report(cfg: ProbeConfig, report: dict, m: dict, query_tokens: np.ndarray, folder: Path) -> None:
+    """report.json, report.md and three PNG plots (into `folder`, which run_probe's lock made), all or none of them.
 
     Every file is first written into a hidden folder of this run inside --report, then renamed into place,
     report.json last; a write that fails (a full disk) removes them all, so a fresh --report stays empty (and is
@@ -196,7 +216,6 @@ def write_report(cfg: ProbeConfig, report: dict, m: dict, query_tokens: np.ndarr
         "report.md": lambda path: path.write_text(render_markdown(report)),
         "report.json": lambda path: path.write_text(json.dumps(report, indent=2) + "\n"),  # last: complete
     }
-    folder = Path(cfg.report)
     name = "a temporary folder"
     placed: list[Path] = []  # new files renamed in where none was before: removed again if a later rename fails
     for stale in folder.glob(".probe-tmp-*"):  # a killed probe's (the lock is ours: no other probe runs here)

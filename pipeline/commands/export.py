@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,12 +15,15 @@ def export(
     to: Annotated[str, typer.Option("--to", help="model2vec (static students: one folded embedding matrix that "
                                                  "model2vec's StaticModel loads) or onnx (every architecture, "
                                                  "for student.OnnxStudent / onnxruntime).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder to write (written beside it first, renamed at the end).")] = None,
+    out: Annotated[str, typer.Option(help="Folder to write (written beside it first, renamed at the end), or a "
+                                          "store URL (s3://bucket/prefix; built locally, then uploaded, "
+                                          "config.json last).")] = None,
     dtype: Annotated[str, typer.Option(help="Stored weights: float32, float16 or int8 (model2vec: int8 rows "
                                             "with a scale per row; onnx: onnxruntime dynamic "
                                             "quantisation).")] = "float32",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty (never the --model "
-                                             "folder, one inside it or one holding it).")] = False,
+                                             "folder, one inside it or one holding it; in a store, only an "
+                                             "export's own objects).")] = False,
 ) -> None:
     """Export a student for where it is served: a model2vec folder or an ONNX graph, optionally quantised.
 
@@ -32,6 +34,8 @@ def export(
     Example: tc export --model student_out/ --to onnx --out student_onnx/
 
     Example: tc export --model student_out/ --to model2vec --out student_m2v/ --dtype int8
+
+    Example: tc export --model s3://bucket/students/x --to onnx --out s3://bucket/exports/x
     """
     from student.export.run import export_student
 

@@ -13,6 +13,13 @@ refused, and the temporary folder of an export that was killed outright (SIGKILL
 - dtype: float16 stores the weights in half precision (ONNX: cast back to float32 when the graph loads); int8
   stores model2vec rows as int8 with one float32 scale per row (model2vec's own `weights` field, which it
   multiplies back in) and quantises an ONNX graph's weights with onnxruntime's dynamic quantisation.
+
+--out may be a store URL (s3://bucket/prefix): the export is built exactly as above into a local staging folder
+(user cache dir / staging-exports / a hash of the URL, locked for the run), then uploaded object by object,
+config.json (what model2vec, sentence-transformers and OnnxStudent read first) last, so that a reader never sees a
+half export. A prefix holding anything is refused without --force; --force removes only an export's own names,
+and only once the local export has succeeded (teacher_cache/remote_out.py holds the pieces shared with tc
+train-student --out and tc probe --report).
 """
 
 from __future__ import annotations
@@ -28,16 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
+from student.config import CONFIG_NAME
 from student.export.formats import check_model2vec_student, import_onnx, model2vec_vectors, write_model2vec, write_onnx
-from student.export.onnx_student import OnnxStudent
+from student.export.onnx_student import ONNX_NAME, OnnxStudent
 from student.remote import student_folder
 from student.student import load_student_folder
+from student.tokenizer import TOKENIZER_FILES
 from teacher_cache.base.atomic import fsync_file
 from teacher_cache.base.errors import NO_SPACE, UserError, reason
 from teacher_cache.base.lock import LOCK_NAME
 from teacher_cache.base.out_folder import OutFolder
 from teacher_cache.base.progress import log
 from teacher_cache.base.signals import sigterm_as_interrupt
+from teacher_cache.remote_out import RemoteOut, local_folder
 from teacher_cache.storage import is_url
 
 FORMATS = ("model2vec", "onnx")
@@ -52,13 +62,22 @@ CHECK_SENTENCES = [
     "hello",
     "Two dogs run across a snowy field while a child watches from the window of a small wooden house.",
 ]
+STAGING_KIND = "staging-exports"  # a URL's staging folder: user cache dir / this / a hash of the URL
+# An export's own names in a store, which --force replaces: every name either format writes (model2vec's
+# save_pretrained, write_onnx, the card and export.json), so that an ONNX export replaces an earlier model2vec one
+# whole; whatever else the prefix holds is the user's and stays.
+EXPORT_FILES = (CONFIG_NAME, "modules.json", "model.safetensors", ONNX_NAME, "README.md", "export.json",
+                *TOKENIZER_FILES)
+# uploaded last, in this order: config.json is what model2vec, sentence-transformers and OnnxStudent read first, so
+# it appears only once the rest of the export is there (modules.json, sentence-transformers' entry, just before it)
+PUBLISH_LAST = ("export.json", "modules.json", CONFIG_NAME)
 
 
 @dataclass
 class ExportResult:
-    """What an export wrote: the folder, its size on disk, and the worst cosine to the torch student."""
+    """What an export wrote: the folder (or store URL), its size, and the worst cosine to the torch student."""
 
-    out: Path
+    out: Path | str
     format: str
     dtype: str
     bytes: int
@@ -104,7 +123,8 @@ def export_card(fmt: str, dtype: str, source: str | Path, dim: int, cosine: floa
 
 def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "float32",
                    force: bool = False) -> ExportResult:
-    """Export a student folder to `out` (model2vec or onnx), via a temporary folder renamed at the end.
+    """Export a student folder to `out` (model2vec or onnx), via a temporary folder renamed at the end; `out` may be
+    a store URL (the export is built in its staging folder, then uploaded, config.json last).
 
     --out is locked for the run (a second export into it is refused in one line naming the first); temporary
     folders that killed exports left beside it are removed first; a SIGTERM is handled as Ctrl-C (the temporary
@@ -113,20 +133,23 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
         raise UserError(f"--to {to}: choose one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    remote = is_url(str(model))
-    model = str(model) if remote else Path(model)  # a URL is named as given (a Path would fold its '//')
-    out = Path(out)
-    folder = export_out(out, None if remote else model)
+    remote_model = is_url(str(model))
+    model = str(model) if remote_model else Path(model)  # a URL is named as given (a Path would fold its '//')
+    remote = RemoteOut.open(out, "--out", STAGING_KIND)
+    out = str(out) if remote is not None else local_folder(out)
+    # a URL's staging folder is a scratch copy, swapped whole like a local --out; no local folder overlaps a store
+    folder = export_out(remote.folder if remote is not None else out, None if remote_model else model)
     folder.refuse_unsafe()  # before anything is read, written or removed
     student = load_student_folder(student_folder(model, "--model"))  # a store URL's student: downloaded first
     if to == "model2vec":
         check_model2vec_student(student.config, model)
     else:
         import_onnx()
-    folder.check(force)  # before the lock creates the folder: a refused run leaves nothing
-    dest = Path(os.path.abspath(out))  # ".." and the like resolved, so that siblings are named beside the folder
-    with sigterm_as_interrupt(), folder.hold():
-        folder.check(force)  # again under the lock: an export that finished meanwhile is not replaced unasked
+    check_out(folder, remote, force)  # before the lock creates the folder: a refused run leaves nothing
+    dest = Path(os.path.abspath(folder.path))  # ".." and the like resolved, so that siblings are named beside it
+    lock = folder.hold() if remote is None else remote.hold("tc export")  # a second writer: named by its URL
+    with sigterm_as_interrupt(), lock:
+        check_out(folder, remote, force)  # again under the lock: an export that finished meanwhile is kept
         remove_stale_temps(dest)
         tmp = temp_folder(dest, os.getpid())
         try:
@@ -143,7 +166,36 @@ def export_student(model: str | Path, to: str, out: str | Path, dtype: str = "fl
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return ExportResult(out, to, dtype, folder_bytes(dest), cosine)
+        size = folder_bytes(dest)
+        if remote is not None:
+            publish_export(remote, force)
+    return ExportResult(out, to, dtype, size, cosine)
+
+
+def check_out(folder: OutFolder, remote: RemoteOut | None, force: bool) -> None:
+    """Refuse an --out that holds something, unless --force: the folder (OutFolder's rules), or the URL's prefix
+    (one line naming it; its staging folder is only a scratch copy, replaced whatever it holds)."""
+    if remote is None:
+        folder.check(force)
+        return
+    present = remote.names()
+    if present and not force:
+        raise remote.not_empty(present, "an export's files")
+
+
+def publish_export(remote: RemoteOut, force: bool) -> None:
+    """Upload the finished export from the staging folder, config.json last; with --force, first remove the
+    earlier export's own names (config.json first, so no reader sees it half replaced); then empty the staging
+    folder."""
+    files = remote.staged_files()
+    if force:
+        # own: EXPORT_FILES, and whatever this export writes; a name the new export writes again is overwritten
+        # in place (atomic per object), except the marks, which go first so that no reader mixes two exports
+        own = set(EXPORT_FILES) | set(files)
+        marks = list(reversed(PUBLISH_LAST))
+        remote.remove([n for n in remote.names() if n in own and (n not in files or n in marks)], first=marks)
+    remote.publish(files, last=PUBLISH_LAST)
+    remote.empty_staging()  # the export is in the store now; the scratch copy would only take disk
 
 
 def export_out(out: str | Path, model: str | Path | None) -> OutFolder:

@@ -12,12 +12,12 @@ The --out rules for a URL are the folder's, said with the URL: a prefix holding 
 --force; one holding an earlier run says --resume or --force; --force removes only a student's own names there,
 and only at the new run's first save (config.json first, so no reader sees a student being taken apart). The lock
 is local (on the staging folder): pyarrow sends no S3 conditional write, so two machines training into one prefix
-are not stopped.
+are not stopped. The staging folder, publishing and the one-line rules are teacher_cache/remote_out.py's, shared
+with tc export --out and tc probe --report.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +37,8 @@ from student.training.checkpoint import (
 )
 from teacher_cache.base.atomic import atomic_path
 from teacher_cache.base.errors import UserError
-from teacher_cache.base.lock import FolderLock
-from teacher_cache.base.safe_paths import name_problem, real_folder
-from teacher_cache.base.user_dirs import user_cache_dir
+from teacher_cache.base.safe_paths import real_folder
+from teacher_cache.remote_out import RemoteOut, local_folder, staging_dir, url_overlap
 from teacher_cache.storage import Store, is_url
 
 TRAINER_STATE = "trainer_state.json"
@@ -48,15 +47,12 @@ CHECKPOINT_OBJECTS = (f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", f"{CHECKPOINT_DIR}/
 FINISHED_MARK = "training_args.json"  # what says a finished run (checkpoint.py check_output): next to last
 
 
+STAGING_KIND = "staging-students"  # user cache dir / this / a hash of the URL (teacher_cache/remote_out.py)
+
+
 def student_staging_dir(url: str) -> Path:
     """The local folder where the files of the remote student at `url` are written before they are uploaded."""
-    return user_cache_dir() / "staging-students" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:20]
-
-
-def url_overlap(out: str, other: str) -> bool:
-    """Whether two store URLs are one prefix or one lies inside the other (compared as written, '/' trimmed)."""
-    a, b = out.rstrip("/") + "/", other.rstrip("/") + "/"
-    return a.startswith(b) or b.startswith(a)
+    return staging_dir(STAGING_KIND, url)
 
 
 @dataclass
@@ -67,27 +63,31 @@ class StudentOut:
     location: str
     shards: str | None
     folder: Path
-    store: Store | None = None
+    out: RemoteOut | None = None  # the URL's staging folder, publishing and rules (None for a local folder)
 
     @classmethod
     def open(cls, out: str | Path, shards: str | Path | None = None) -> StudentOut:
         """The --out `out` (a folder or a store URL) of a run reading the cache `shards`."""
-        text = str(out)
-        store = Store.open(text) if is_url(text) else None
-        if store is not None and store.is_local:  # file:///path: a local folder all the same
-            return cls(text, None if shards is None else str(shards), Path(store.root))
-        folder = Path(out) if store is None else student_staging_dir(store.url)
-        return cls(text, None if shards is None else str(shards), folder, store)
+        text, cache = str(out), None if shards is None else str(shards)
+        remote = RemoteOut.open(text, "--out", STAGING_KIND)
+        if remote is None:  # a folder, or file:///path: a local folder all the same
+            return cls(text, cache, local_folder(out))
+        return cls(text, cache, remote.folder, remote)
+
+    @property
+    def store(self) -> Store | None:
+        """The URL's store (None for a local folder)."""
+        return None if self.out is None else self.out.store
 
     @property
     def remote(self) -> bool:
         """Whether --out is in an object store (written through staging)."""
-        return self.store is not None
+        return self.out is not None
 
     def where(self, rel: str = "") -> str:
         """--out (its URL, or its folder) or a name in it, for messages."""
-        if self.store is not None:
-            return self.store.where(rel)
+        if self.out is not None:
+            return self.out.where(rel)
         given = str(self.folder) if is_url(self.location) else self.location  # a folder: as the user wrote it
         return str(Path(given) / rel) if rel else given
 
@@ -98,7 +98,7 @@ class StudentOut:
 
     def check(self, resume: bool, force: bool) -> None:
         """Refuse an --out that would lose something (checkpoint.py check_output's rules; for a URL, in its words)."""
-        if self.store is None:
+        if self.out is None:
             check_output(self.folder, self.shards, resume, force)
             return
         if resume and force:
@@ -117,29 +117,26 @@ class StudentOut:
         # what a failed first checkpoint left counts for nothing (as locally): nothing to resume, nothing to keep
         present = names if has_checkpoint else [n for n in names if n.split("/")[0] != CHECKPOINT_DIR]
         if present and not force:
-            tops = sorted({n.split("/")[0] for n in present})
-            said = earlier_run(tops)
-            shown = ", ".join(tops[:3]) + (", ..." if len(tops) > 3 else "")
-            raise self._error(said or f"not empty (holds {shown}); choose an empty prefix or pass --force (which "
-                                      "removes only a student's files)")
+            said = earlier_run(sorted({n.split("/")[0] for n in present}))
+            raise self._error(said) if said else self.out.not_empty(present, "a student's files")
 
     def remote_names(self) -> list[str]:
         """The objects under the URL (names a store could not hold as files left out)."""
-        assert self.store is not None
-        return [n for n in self.store.list() if not name_problem(n)]
+        assert self.out is not None
+        return self.out.names()
 
     @contextmanager
     def hold(self, command: str = "tc train-student") -> Iterator[None]:
         """Lock --out for one run (rank 0 alone); for a URL, its staging folder, emptied of an earlier run's files
         (it is a scratch copy: the store is what holds the student)."""
-        if self.store is None:
+        if self.out is None:
             with hold_output(self.folder, self.shards, command):
                 yield
             return
         if os.environ.get("RANK", "0") != "0":  # the other ranks never write into --out
             yield
             return
-        with FolderLock(self.folder, command, f"--out {self.location}: staging folder"):
+        with self.out.hold(command):
             training_out(self.folder).clear_own()
             yield
 
@@ -159,13 +156,11 @@ class StudentOut:
     def replace_earlier(self) -> None:
         """--force, just before the new run's first save: remove the earlier run's own files (and nothing else);
         in a store config.json goes first, so that no reader finds a student being taken apart."""
-        if self.store is None:
+        if self.out is None:
             clear_output(self.folder)
             return
         own = training_out(self.folder)
-        names = [n for n in self.remote_names() if own.is_own(n)]
-        for name in sorted(names, key=lambda n: n != CONFIG_NAME):
-            self.store.remove(name)
+        self.out.remove([n for n in self.remote_names() if own.is_own(n)], first=(CONFIG_NAME,))
 
     def publish_checkpoint(self) -> None:
         """Upload the checkpoint just saved in staging (the weights first, then the summary that names them)."""
@@ -178,16 +173,12 @@ class StudentOut:
     def publish_student(self) -> None:
         """Upload the finished student from staging: its model files, then training_args.json, config.json last;
         then drop the checkpoint (in the store, then locally) and the staging copy."""
-        if self.store is None:
+        if self.out is None:
             remove_checkpoint(self.folder)
             return
         own = training_out(self.folder)
-        files = [p.relative_to(self.folder).as_posix() for p in sorted(self.folder.rglob("*"))
-                 if p.is_file() and not p.is_symlink()]
-        files = [rel for rel in files if own.is_own(rel) and rel.split("/")[0] != CHECKPOINT_DIR]
-        last = {FINISHED_MARK: 1, CONFIG_NAME: 2}
-        for rel in sorted(files, key=lambda r: (last.get(r, 0), r)):
-            self.store.put(rel, self.folder / rel)
+        files = [rel for rel in self.out.staged_files() if own.is_own(rel) and rel.split("/")[0] != CHECKPOINT_DIR]
+        self.out.publish(files, last=(FINISHED_MARK, CONFIG_NAME))
         for name in CHECKPOINT_OBJECTS:
             self.store.remove(name)
         own.clear_own()  # the student is in the store now; the scratch copy would only take disk
