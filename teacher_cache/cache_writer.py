@@ -21,7 +21,6 @@ from teacher_cache.base.errors import CacheMismatchError, UserError
 from teacher_cache.base.lock import FolderLock
 from teacher_cache.base.progress import warn
 from teacher_cache.base.safe_paths import remove_file
-from teacher_cache.base.user_dirs import user_cache_dir
 from teacher_cache.cache_files import (
     STRAY_FILES,
     TOKENIZER_DIR,
@@ -33,13 +32,9 @@ from teacher_cache.cache_files import (
     wipe_cache,
 )
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
+from teacher_cache.remote_out import staging_dir
 from teacher_cache.shards import ShardRows, ShardWriter
 from teacher_cache.storage import Store
-
-
-def staging_dir(url: str) -> Path:
-    """The local folder where the files of the remote cache at `url` are written before they are uploaded."""
-    return user_cache_dir() / "staging" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:20]
 
 
 class CacheWriter:
@@ -52,7 +47,7 @@ class CacheWriter:
         if self.remote and fmt != "arrow":
             raise UserError(f"--format {fmt} with --out {self.store.url}: HDF5 shards need a local folder "
                             "(write them locally, or use --format arrow for an object store)")
-        self.out = staging_dir(self.store.url) if self.remote else Path(location)
+        self.out = staging_dir("staging", self.store.url) if self.remote else Path(location)
         self.where = self.store.url if self.remote else str(location)
         self.command, self.shards = command, ShardWriter(self.out, fmt, dtype)
         self.lock: FolderLock | None = None
