@@ -189,3 +189,21 @@ def test_validation_rows_of_a_remote_cache_are_kept_in_its_mirror(remote_cache, 
     assert texts2 == texts and np.array_equal(vectors2, vectors)
     assert again._shard_cache is None  # no shard was fetched the second time
     assert texts == open_cache(remote_cache, cache_dir=tmp_path / "d").texts(ids)
+
+
+def test_a_run_on_a_remote_cache_resumes_to_the_uninterrupted_weights(remote_cache, capsys, tmp_path):
+    from safetensors.numpy import load_file
+
+    common = ["--shards", remote_cache, "--epochs", "2", "--cache-dir", str(tmp_path / "c"), "--quiet", "--seed",
+              "5", "--batch-size", "32", "--checkpoint-every", "0"]
+    assert run_cli(capsys, "train-student", "--out", tmp_path / "whole", *common)[0] == 0
+    assert run_cli(capsys, "train-student", "--out", tmp_path / "part", *common, "--max-steps", "11")[0] == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "c")  # the resumed run fetches its shards again, as on a fresh machine
+    code, _, err = run_cli(capsys, "train-student", "--out", tmp_path / "part", *common, "--resume")
+    assert code == 0, err
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    part = load_file(tmp_path / "part" / "model.safetensors")
+    for key in whole:  # the same batches after the resume as without it
+        assert (whole[key] == part[key]).all(), key

@@ -92,7 +92,8 @@ def remembered_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[
         return None
     if table.num_rows != len(ids) or not np.array_equal(table.column("id").to_numpy(), ids):
         return None
-    return table.column("text").to_pylist(), np.asarray(vectors_of(table, "vector"), dtype=np.float32)
+    return table.column("text").to_pylist(), np.array(vectors_of(table, "vector"), dtype=np.float32)  # a copy:
+    # the mapped file is read-only, and torch will not take a read-only array without a warning
 
 
 def remember_rows(cache: TeacherCache, ids: np.ndarray, column: str, texts: list[str], vectors: np.ndarray) -> None:
