@@ -373,13 +373,8 @@ class TeacherCache:
             except Exception as exc:  # a readable checksum but unparsable file means a writer bug
                 problems.append(f"{path}: unreadable ({exc})")
                 continue
-            if width:
-                problems.append(width)
-            if len(ids) != info.rows:
-                problems.append(f"{path}: {len(ids)} rows, manifest says {info.rows}")
-            elif len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end
-                                   and np.all(np.diff(ids) == 1)):
-                problems.append(f"{path}: ids are not the contiguous range {info.id_start}..{info.id_end}")
+            problems += [width] if width else []
+            problems += id_problems(path, ids, info)
         for rel, record in self.manifest.files.items():
             problem = file_problem(self.directory, rel, record)
             if problem:
@@ -423,13 +418,8 @@ class TeacherCache:
                     continue
             finally:
                 local.unlink(missing_ok=True)
-            if width:
-                problems.append(width)
-            if len(ids) != info.rows:
-                problems.append(f"{where}: {len(ids)} rows, manifest says {info.rows}")
-            elif len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end
-                                   and np.all(np.diff(ids) == 1)):
-                problems.append(f"{where}: ids are not the contiguous range {info.id_start}..{info.id_end}")
+            problems += [width] if width else []
+            problems += id_problems(where, ids, info)
         for rel, record in self.manifest.files.items():
             where = self.store.where(rel)
             if not self.store.exists(rel):
@@ -478,6 +468,15 @@ class TeacherCache:
             return sum(s.bytes for s in self.manifest.shards) + sum(r.get("bytes") or 0
                                                                       for r in self.manifest.files.values())
         return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+
+
+def id_problems(where: str, ids: np.ndarray, info) -> list[str]:
+    """What is wrong with a shard's ids against its manifest entry (row count, contiguous range), if anything."""
+    if len(ids) != info.rows:
+        return [f"{where}: {len(ids)} rows, manifest says {info.rows}"]
+    if len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end and np.all(np.diff(ids) == 1)):
+        return [f"{where}: ids are not the contiguous range {info.id_start}..{info.id_end}"]
+    return []
 
 
 def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
