@@ -39,6 +39,15 @@ class ShardInfo:
     n_tokens: int = 0
     bytes: int = 0  # file size; 0 in caches written before sizes were recorded
 
+    def id_problems(self, where: str, ids) -> list[str]:  # ids: a numpy int64 array
+        """What is wrong with this shard's ids as read back (row count, the contiguous range), if anything."""
+        if len(ids) != self.rows:
+            return [f"{where}: {len(ids)} rows, manifest says {self.rows}"]
+        if len(ids) and not (ids[0] == self.id_start and ids[-1] == self.id_end
+                             and bool(((ids[1:] - ids[:-1]) == 1).all())):  # numpy arrays
+            return [f"{where}: ids are not the contiguous range {self.id_start}..{self.id_end}"]
+        return []
+
 
 @dataclass
 class CacheManifest:

@@ -9,9 +9,6 @@ cache on disk. The writer's lock is local (see cache_writer.py): it is checked f
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +16,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from teacher_cache.base.atomic import atomic_path
 from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_line
 from teacher_cache.base.lock import holder
-from teacher_cache.base.user_dirs import user_cache_dir
 from teacher_cache.cache_files import file_problem
-from teacher_cache.manifest import MANIFEST_NAME, TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
+from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
+from teacher_cache.remote_reader import (
+    check_object_sizes,
+    fetch_small_files,
+    load_remote_manifest,
+    remote_mirror,
+    verify_objects,
+)
 from teacher_cache.shard_cache import ShardCache, parse_size
 from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
 from teacher_cache.storage import Store
@@ -33,30 +35,6 @@ DEFAULT_CACHE_LIMIT = "20GB"  # the local shard cache of a remote cache (--cache
 # Shards a remote reader keeps from eviction: the one being read (readers copy rows out of a shard before the next;
 # a table still mapped when its file is evicted stays readable on Linux, only its disk space comes back later).
 PINNED_SHARDS = 1
-
-
-def remote_mirror(url: str, cache_dir: str | Path | None = None) -> Path:
-    """The local folder of one remote cache: its small files and its shard cache (under --cache-dir, default the
-    user cache dir), named by a hash of the URL so caches never share one."""
-    root = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "remote"
-    return root / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:20]
-
-
-def load_remote_manifest(store: Store) -> CacheManifest:
-    """The manifest of the cache at a store URL, with the same checks as a local one (types, plain names)."""
-    if not store.exists(MANIFEST_NAME):
-        if store.bucket_missing():
-            raise store.missing(MANIFEST_NAME)
-        raise CacheError(f"{store.url}: not a teacher cache (no {MANIFEST_NAME}); make one with `tc encode --out "
-                         f"{store.url}`")
-    where = store.where(MANIFEST_NAME)
-    try:
-        data = json.loads(store.read_bytes(MANIFEST_NAME))
-    except (ValueError, RecursionError) as exc:
-        raise CacheError(f"{where}: unreadable manifest ({first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise CacheError(f"{where}: malformed manifest (not a JSON object)")
-    return CacheManifest.from_dict(data, where)  # every name it holds is checked to be a plain relative name
 
 
 @dataclass
@@ -181,24 +159,7 @@ class TeacherCache:
         """The folder of the cache's small files; for a remote cache they are fetched into its mirror first
         (once, each checked against the manifest's sha256)."""
         if self.remote and not self._synced:
-            for rel, record in self.manifest.files.items():
-                target = self.directory / "files" / rel
-                if target.is_file() and file_problem(self.directory / "files", rel, record) is None:
-                    continue
-                data = self.store.read_bytes(rel)
-                if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-                    raise CacheIntegrityError(f"{self.store.where(rel)}: checksum mismatch (the object changed "
-                                              f"after it was written); run `tc verify {self.location}`")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # a name of this process's own: DDP ranks on one machine share the mirror and may fetch at once
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-                try:
-                    tmp.unlink(missing_ok=True)
-                    with open(tmp, "xb") as fh:
-                        fh.write(data)
-                    os.replace(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
+            fetch_small_files(self.store, self.manifest, self.directory / "files")
             self._synced = True
         return self.directory / "files" if self.remote else self.directory
 
@@ -374,7 +335,7 @@ class TeacherCache:
                 problems.append(f"{path}: unreadable ({exc})")
                 continue
             problems += [width] if width else []
-            problems += id_problems(path, ids, info)
+            problems += info.id_problems(path, ids)
         for rel, record in self.manifest.files.items():
             problem = file_problem(self.directory, rel, record)
             if problem:
@@ -383,50 +344,7 @@ class TeacherCache:
 
     def verify_remote(self) -> list[str]:
         """`verify` for a cache in a store: every object read once (one shard on local disk at a time)."""
-        problems: list[str] = []
-        expected_start = 0
-        scratch = self.directory / "verify"
-        scratch.mkdir(parents=True, exist_ok=True)
-        for index, info in enumerate(self.manifest.shards):
-            where = self.store.where(info.file)
-            if info.id_start != expected_start:
-                problems.append(f"{where}: ids start at {info.id_start}, expected {expected_start}")
-            expected_start = info.id_end + 1
-            if not self.store.exists(info.file):
-                problems.append(f"{where}: missing")
-                continue
-            size = self.store.size(info.file)
-            if info.bytes and size != info.bytes:
-                problems.append(f"{where}: {size:,} bytes, the manifest says {info.bytes:,} (truncated or changed)")
-                continue
-            local = scratch / info.file
-            try:
-                with atomic_path(local, fsync=False) as tmp, open(tmp, "wb") as out, \
-                        self.store.open_stream(info.file) as source:
-                    digest = hashlib.sha256()
-                    for block in iter(lambda: source.read(8 << 20), b""):
-                        digest.update(block)
-                        out.write(block)
-                if digest.hexdigest() != info.sha256:
-                    problems.append(f"{where}: checksum mismatch (the object changed after it was written)")
-                    continue
-                try:
-                    ids = read_shard(local, ["id"]).column("id").to_numpy()
-                    width = self.width_problem(index)
-                except Exception as exc:
-                    problems.append(f"{where}: unreadable ({first_line(exc)})")
-                    continue
-            finally:
-                local.unlink(missing_ok=True)
-            problems += [width] if width else []
-            problems += id_problems(where, ids, info)
-        for rel, record in self.manifest.files.items():
-            where = self.store.where(rel)
-            if not self.store.exists(rel):
-                problems.append(f"{where}: missing")
-            elif hashlib.sha256(self.store.read_bytes(rel)).hexdigest() != record.get("sha256"):
-                problems.append(f"{where}: checksum mismatch (the object changed after it was written)")
-        return problems
+        return verify_objects(self)
 
     def check_before_use(self) -> None:
         """What training checks before it writes anything: a local cache whole (`check`); a remote one by its
@@ -435,16 +353,7 @@ class TeacherCache:
         if not self.remote:
             self.check()
             return
-        sizes = {}
-        for name in self.store.list("shard-*"):
-            sizes[name] = self.store.size(name)
-        for info in self.manifest.shards:
-            where = self.store.where(info.file)
-            if info.file not in sizes:
-                raise CacheIntegrityError(f"{where}: missing; run `tc verify {self.location}`")
-            if info.bytes and sizes[info.file] != info.bytes:
-                raise CacheIntegrityError(f"{where}: {sizes[info.file]:,} bytes, the manifest says {info.bytes:,} "
-                                          f"(truncated or changed); run `tc verify {self.location}`")
+        check_object_sizes(self.store, self.manifest)
         self.local_files()
 
     def check(self) -> None:
@@ -468,15 +377,6 @@ class TeacherCache:
             return sum(s.bytes for s in self.manifest.shards) + sum(r.get("bytes") or 0
                                                                       for r in self.manifest.files.values())
         return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
-
-
-def id_problems(where: str, ids: np.ndarray, info) -> list[str]:
-    """What is wrong with a shard's ids against its manifest entry (row count, contiguous range), if anything."""
-    if len(ids) != info.rows:
-        return [f"{where}: {len(ids)} rows, manifest says {info.rows}"]
-    if len(ids) and not (ids[0] == info.id_start and ids[-1] == info.id_end and np.all(np.diff(ids) == 1)):
-        return [f"{where}: ids are not the contiguous range {info.id_start}..{info.id_end}"]
-    return []
 
 
 def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
