@@ -69,10 +69,13 @@ class Student(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None) -> Student:
-        """Load a student folder written by save_pretrained (no cache and no teacher needed)."""
+        """Load a student folder written by save_pretrained (no cache and no teacher needed); a store URL
+        (s3://bucket/students/x) is downloaded into the user cache dir first."""
         from safetensors.torch import load_file
 
-        path = Path(path)
+        from student.remote import student_folder
+
+        path = student_folder(path, "from_pretrained")
         config = StudentConfig.load(path)
         weights = path / WEIGHTS_NAME
         if not weights.exists():

@@ -151,7 +151,7 @@ def test_force_keeps_the_old_remote_student_until_the_first_save(s3_env, tiny_ca
     assert store.list() == sorted(before) and store.read_bytes("model.safetensors") != before["model.safetensors"]
 
 
-def test_probe_and_export_take_a_remote_student(s3_env, tiny_cache, tmp_path, capsys):
+def test_probe_and_export_take_a_remote_student(s3_env, tiny_cache, tmp_path, capsys, glue_dir):
     url = f"s3://{s3_env}/students/served"
     code, _, err = run_cli(capsys, *train_args(tiny_cache, url, "--epochs", "1"))
     assert code == 0, err
@@ -169,6 +169,12 @@ def test_probe_and_export_take_a_remote_student(s3_env, tiny_cache, tmp_path, ca
     local = download(url, tmp_path / "downloaded")
     np.testing.assert_allclose(OnnxStudent.from_pretrained(tmp_path / "onnx").encode(texts),
                                Student.from_pretrained(local).encode(texts), atol=1e-4)
+    np.testing.assert_array_equal(Student.from_pretrained(url).encode(texts),  # a URL, downloaded first
+                                  Student.from_pretrained(local).encode(texts))
+    code, _, err = run_cli(capsys, "finetune", "--model", url, "--task", "sst2", "--epochs", "1", "--out",
+                           tmp_path / "ft", "--data-dir", glue_dir, "--max-train-rows", "40", "--max-eval-rows", "20",
+                           "--quiet")
+    assert code == 0, err
 
 
 def test_a_prefix_without_a_whole_student_is_one_line(s3_env, tiny_cache, tmp_path, capsys):

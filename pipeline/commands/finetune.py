@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -55,6 +56,10 @@ def finetune(**settings) -> None:
     """
     cfg = build(FinetuneConfig, settings)
     check_device(cfg.device)
+    from student.remote import student_folder
+
+    local = student_folder(cfg.model, "--model")  # a store URL's model downloaded first; a path as given
+    cfg = replace(cfg, model=str(local)) if str(local) != str(cfg.model) else cfg
     if model_kind(cfg.model) == "student":
         from finetune.students import finetune_student
 
