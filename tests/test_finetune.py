@@ -292,3 +292,18 @@ def test_predict_reads_task_json_once(ft_teacher, glue_dir, capsys, monkeypatch)
     code, _, err = run_cli(capsys, "predict", "--model", ft_teacher, "--input", glue_dir / "SST-2" / "dev.tsv")
     assert code == 0, err
     assert len(checked) == 1 and len(built) == 1
+
+
+def test_logits_cached_into_a_bucket_equal_the_local_cache(ft_teacher, sst2_logits, glue_dir, s3_env, capsys):
+    """tc cache-logits --out s3://: the same writer as tc encode (CacheWriter), so the same shards, manifest last."""
+    pytest.importorskip("moto.server")
+    url = f"s3://{s3_env}/logits/sst2"
+    code, _, err = run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", url, "--max-rows", "150",
+                           "--data-dir", glue_dir, "--quiet")
+    assert code == 0, err
+    remote, local = open_cache(url), open_cache(sst2_logits)
+    assert remote.manifest.kind == "logits" and len(remote) == len(local) == 150
+    assert [s.sha256 for s in remote.manifest.shards] == [s.sha256 for s in local.manifest.shards]
+    code, _, err = run_cli(capsys, "cache-logits", "--model", ft_teacher, "--out", url, "--max-rows", "150",
+                           "--data-dir", glue_dir, "--quiet")
+    assert code == 0, err  # a rerun finds it complete
