@@ -1,0 +1,171 @@
+"""A data curve a user can read: one recipe trained on growing slices of one cache, scored at each size.
+
+Usage: .venv/bin/python -m benchmarks.data_curve --cache CACHE --label LABEL [--recipes static ...]
+           [--rows 100000,400000,1000000,2000000,all] [--probe-cache PROBE] [--plot curve.png] [--table]
+
+Example: .venv/bin/python -m benchmarks.data_curve --cache benchmarks/work/cache-new --label wikipedia+books \\
+             --recipes static --probe-cache benchmarks/work/probe-mix --plot benchmarks/results/data_curve.png --table
+
+Each size runs `tc train-student --shards CACHE --recipe R --max-rows N --out benchmarks/work/curve/R-N` ("all":
+no --max-rows), then scores the student on STS-B dev and STS-B test (Spearman x100 of cosine; test is reported,
+never tuned on) and on kNN@10 agreement with the teacher on a held-out probe cache (`tc probe`). Every finished
+row (recipe, rows, label, dev, test, knn@10, train_s, rows_seen, machine) is appended at once to --results and
+skipped on a rerun, so a curve can span sessions; --plot draws dev, test and kNN@10 against rows (log x), one
+line per (recipe, label); --table prints a markdown table of every row in --results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.common import ROOT, machine
+
+RESULTS_FILE = ROOT / "benchmarks" / "results" / "data_curve.jsonl"
+WORK = Path("benchmarks/work/curve")
+DEFAULT_ROWS = "100000,400000,1000000,2000000,all"
+TC = str(Path(sys.executable).with_name("tc"))
+
+
+def done_rows(results: Path) -> list[dict]:
+    """Rows already measured."""
+    if not results.exists():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+
+
+def key(row: dict) -> tuple:
+    """What makes a row the same measurement: recipe, requested rows, source label and cache."""
+    return row["recipe"], str(row["rows"]), row["label"], row["cache"]
+
+
+def run(cmd: list[str]) -> None:
+    """Run one tc command; on failure, stop with its stderr."""
+    print("  $ " + " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+
+
+def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
+    """Train one recipe on the first `rows` rows of the cache, score it; return its row."""
+    from pipeline.sts import load_task, sts_spearman
+    from student import Student
+
+    out = WORK / f"{recipe}-{rows}"
+    cmd = [TC, "train-student", "--shards", args.cache, "--recipe", recipe, "--out", str(out), "--force",
+           "--quiet", "--checkpoint-every", "0"]
+    if rows != "all":
+        cmd += ["--max-rows", rows]
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    run(cmd)
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    report = WORK / f"{recipe}-{rows}-probe"
+    run([TC, "probe", "--shards", args.probe_cache, "--student", str(out), "--report", str(report), "--k", "10",
+         "--max-rows", str(args.probe_rows), "--quiet"])
+    knn = json.loads((report / "report.json").read_text())["knn@10_agreement"]
+
+    model = Student.from_pretrained(out)
+
+    def encode(texts):
+        return model.encode(texts, batch_size=256)
+
+    return {"recipe": recipe, "rows": rows if rows == "all" else int(rows), "label": args.label,
+            "rows_used": metrics["train_rows"] + metrics["val_rows"],
+            "dev": round(sts_spearman(encode, load_task("sts-b-dev")), 2),
+            "test": round(sts_spearman(encode, load_task("sts-b")), 2),
+            "knn@10": round(knn, 4), "train_s": metrics["train_seconds"], "rows_seen": metrics["rows_seen"],
+            "epochs": metrics["epochs"], "cache": args.cache, "probe_cache": args.probe_cache,
+            "probe_rows": args.probe_rows, "machine": machine()}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of every measured row, by recipe, label, then size."""
+    lines = ["| recipe | source | rows | STS-B dev | STS-B test | kNN@10 | train s | rows seen |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["recipe"], r["label"], r["rows_used"])):
+        lines.append(f"| {row['recipe']} | {row['label']} | {row['rows_used']:,} | {row['dev']:.2f} | "
+                     f"{row['test']:.2f} | {row['knn@10']:.3f} | {row['train_s']:.0f} | {row['rows_seen']:,} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """STS-B dev, STS-B test and kNN@10 against rows (log x), one line per (recipe, label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    series: dict[tuple, list[dict]] = {}
+    for row in rows:
+        series.setdefault((row["recipe"], row["label"]), []).append(row)
+    for (recipe, label), points in sorted(series.items()):
+        points.sort(key=lambda r: r["rows_used"])
+        xs = [p["rows_used"] for p in points]
+        for ax, metric in zip(axes, ("dev", "test", "knn@10"), strict=True):
+            ax.plot(xs, [p[metric] for p in points], marker="o", label=f"{recipe} / {label}")
+    for ax, title in zip(axes, ("STS-B dev (Spearman x100)", "STS-B test (Spearman x100)",
+                                "kNN@10 agreement with the teacher"), strict=True):
+        ax.set(xscale="log", xlabel="cache rows trained on", title=title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    """Measure the sizes not yet in --results, then optionally plot and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", help="teacher cache to train on (from tc encode)")
+    parser.add_argument("--label", default="", help="where the cache's sentences came from, e.g. wikipedia+books")
+    parser.add_argument("--recipes", nargs="+", default=["static"], help="tc train-student --recipe values")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated sizes, 'all' = the whole cache "
+                        f"(default {DEFAULT_ROWS})")
+    parser.add_argument("--epochs", type=int, default=0, help="passed to tc train-student (default: the recipe's)")
+    parser.add_argument("--probe-cache", default="benchmarks/work/probe-mix",
+                        help="held-out teacher cache for kNN@10 (default benchmarks/work/probe-mix)")
+    parser.add_argument("--probe-rows", type=int, default=20000, help="tc probe --max-rows (default 20000)")
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="jsonl of rows (default %(default)s)")
+    parser.add_argument("--plot", type=Path, help="write the curve as a PNG here")
+    parser.add_argument("--table", action="store_true", help="print a markdown table of every row")
+    args = parser.parse_args()
+
+    if args.cache:
+        if not args.label:
+            parser.error("--label is required with --cache (the source of the cache's sentences)")
+        if not (Path(args.probe_cache) / "manifest.json").exists():
+            parser.error(f"--probe-cache {args.probe_cache}: no cache there (no manifest.json); "
+                         "pass a held-out cache folder from tc encode")
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        have = {key(row) for row in done_rows(args.results)}
+        for recipe in args.recipes:
+            for rows in [r.strip() for r in args.rows.split(",") if r.strip()]:
+                if (recipe, rows, args.label, args.cache) in have:
+                    print(f"{recipe} @ {rows}: already in {args.results}, skipped", file=sys.stderr)
+                    continue
+                row = measure(args, recipe, rows)
+                with args.results.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    elif not (args.plot or args.table):
+        parser.error("nothing to do: give --cache (and --label) to measure, or --plot / --table")
+
+    rows = done_rows(args.results)
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    if args.table:
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
