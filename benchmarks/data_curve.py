@@ -62,6 +62,7 @@ def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
         cmd += ["--max-rows", rows]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
+    cmd += [a for extra in args.train_arg for a in extra.split("=", 1)]  # e.g. --train-arg=--vocab-words=20000
     run(cmd)
     metrics = json.loads((out / "metrics.json").read_text())
 
@@ -131,6 +132,9 @@ def main() -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated sizes, 'all' = the whole cache "
                         f"(default {DEFAULT_ROWS})")
     parser.add_argument("--epochs", type=int, default=0, help="passed to tc train-student (default: the recipe's)")
+    parser.add_argument("--train-arg", action="append", default=[],
+                        help="another tc train-student option, as --train-arg=--vocab-words=20000 (repeatable); "
+                             "give the run its own --label")
     parser.add_argument("--probe-cache", default="benchmarks/work/probe-mix",
                         help="held-out teacher cache for kNN@10 (default benchmarks/work/probe-mix)")
     parser.add_argument("--probe-rows", type=int, default=20000, help="tc probe --max-rows (default 20000)")
