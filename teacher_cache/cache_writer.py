@@ -33,6 +33,7 @@ from teacher_cache.cache_files import (
 )
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
 from teacher_cache.remote_out import staging_dir
+from teacher_cache.remote_reader import load_remote_manifest
 from teacher_cache.shards import ShardRows, ShardWriter
 from teacher_cache.storage import Store
 
@@ -76,7 +77,7 @@ class CacheWriter:
             raise CacheMismatchError(f"--out {self.where}: not empty and no cache (holds {shown}); choose an empty "
                                      "prefix or pass --force (which removes only cache files)")
         try:
-            existing = self._load_remote() if has_manifest else None
+            existing = load_remote_manifest(self.store) if has_manifest else None
         except UserError:
             if not force:
                 raise
@@ -86,16 +87,6 @@ class CacheWriter:
         if force:
             return None, ((existing or True) if names else False)
         return existing, False
-
-    def _load_remote(self) -> CacheManifest | None:
-        import json
-
-        try:
-            return CacheManifest.from_dict(json.loads(self.store.read_bytes(MANIFEST_NAME)),
-                                           self.store.where(MANIFEST_NAME))
-        except (ValueError, RecursionError) as exc:
-            raise UserError(f"{self.store.where(MANIFEST_NAME)}: unreadable manifest ({exc}); use --force to "
-                            "start afresh") from None
 
     def _clear_staging(self) -> None:
         cache_out(self.out).clear_own()
@@ -122,8 +113,9 @@ class CacheWriter:
         object and the manifest was saved after it), drop the first missing or short one and every later one; the
         small files are fetched back into staging when their checksums match, else written again."""
         notes = []
+        sizes = self.store.sizes("shard-*")  # one listing, not a request per shard
         for index, info in enumerate(manifest.shards):
-            size = self.store.size(info.file) if self.store.exists(info.file) else None
+            size = sizes.get(info.file)
             if size is None or (info.bytes and size != info.bytes):
                 found = "missing" if size is None else f"{size:,} bytes, the manifest says {info.bytes:,}"
                 notes.append(f"{self.store.where(info.file)}: {found}; encoding again from shard {index} "
@@ -216,8 +208,7 @@ class CacheWriter:
         return info
 
     def finish(self, manifest: CacheManifest) -> CacheManifest:
-        """Mark the cache complete: every small file recorded and published, then the manifest, last."""
-        self.publish_files(manifest)
+        """Mark the cache complete: every small file recorded and published, then the manifest, last (save)."""
         manifest.complete = True
         self.save(manifest)
         return manifest

@@ -70,9 +70,7 @@ def fetch_small_files(store: Store, manifest: CacheManifest, folder: Path) -> No
 
 def check_object_sizes(store: Store, manifest: CacheManifest) -> None:
     """Raise naming the first listed shard whose object is missing or of another size (one listing, no reads)."""
-    sizes = {}
-    for name in store.list("shard-*"):
-        sizes[name] = store.size(name)
+    sizes = store.sizes("shard-*")
     for info in manifest.shards:
         where = store.where(info.file)
         if info.file not in sizes:

@@ -38,18 +38,22 @@ def compute_token_outputs(teacher: Teacher, batch_size: int = 1024) -> np.ndarra
     start, end = token_frame_ids(teacher)
     frame = [x for x in (start, "token", end) if x is not None]
     out = np.empty((vocab, teacher.dim), dtype=np.float32)
-    use_token_types = "token_type_ids" in teacher.tokenizer.model_input_names
     for first in range(0, vocab, batch_size):
         ids = torch.arange(first, min(vocab, first + batch_size))
         columns = [ids if x == "token" else torch.full_like(ids, x) for x in frame]
-        input_ids = torch.stack(columns, dim=1).to(teacher.device)
-        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        if use_token_types:
-            inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        with torch.inference_mode():
-            hidden = teacher.model(**inputs).last_hidden_state.float()
-        out[first:first + len(ids)] = hidden.mean(dim=1).cpu().numpy()
+        out[first:first + len(ids)] = mean_output(teacher, torch.stack(columns, dim=1))
     return out
+
+
+def mean_output(teacher: Teacher, input_ids: torch.Tensor) -> np.ndarray:
+    """(rows, dim) float32: the teacher's last hidden states mean-pooled over rows of ids with no padding."""
+    input_ids = input_ids.to(teacher.device)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if "token_type_ids" in teacher.tokenizer.model_input_names:
+        inputs["token_type_ids"] = torch.zeros_like(input_ids)
+    with torch.inference_mode():
+        hidden = teacher.model(**inputs).last_hidden_state.float()
+    return hidden.mean(dim=1).cpu().numpy()
 
 
 def shared_copy_path(teacher_hash: str) -> Path:

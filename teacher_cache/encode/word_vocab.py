@@ -151,12 +151,11 @@ def compute_word_outputs(teacher: Teacher, pieces: list[list[int]], batch_size: 
     token_outputs frames a single token; words of one length share a batch, so none is padded."""
     import torch
 
-    from teacher_cache.encode.token_outputs import token_frame_ids
+    from teacher_cache.encode.token_outputs import mean_output, token_frame_ids
 
     start, end = token_frame_ids(teacher)
     head, tail = [start] if start is not None else [], [end] if end is not None else []
     out = np.empty((len(pieces), teacher.dim), dtype=np.float32)
-    use_token_types = "token_type_ids" in teacher.tokenizer.model_input_names
     by_length: dict[int, list[int]] = {}
     for index, ids in enumerate(pieces):
         by_length.setdefault(len(ids), []).append(index)
@@ -165,13 +164,7 @@ def compute_word_outputs(teacher: Teacher, pieces: list[list[int]], batch_size: 
         indices = by_length[length]
         for first in range(0, len(indices), batch_size):
             take = indices[first:first + batch_size]
-            input_ids = torch.tensor([head + pieces[i] + tail for i in take], device=teacher.device)
-            inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-            if use_token_types:
-                inputs["token_type_ids"] = torch.zeros_like(input_ids)
-            with torch.inference_mode():
-                hidden = teacher.model(**inputs).last_hidden_state.float()
-            out[take] = hidden.mean(dim=1).cpu().numpy()
+            out[take] = mean_output(teacher, torch.tensor([head + pieces[i] + tail for i in take]))
             progress.update(len(take))
     progress.close()
     return out
