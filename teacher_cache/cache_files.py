@@ -22,6 +22,8 @@ from teacher_cache.base.progress import warn
 from teacher_cache.base.safe_paths import name_problem, remove_file, remove_tree
 from teacher_cache.manifest import (
     MANIFEST_NAME,
+    TEACHERS_DIR,
+    VERSIONS_DIR,
     VOCAB_WORDS_FILE,
     VOCAB_WORDS_OUTPUTS_FILE,
     WORD_OUTPUTS_KEY,
@@ -53,7 +55,7 @@ def has_cache(out: Path) -> bool:
 def cache_out(out: Path) -> OutFolder:
     """The --out rules (base/out_folder.py) for a cache folder: its own names are OWN_FILES and tokenizer/."""
     # the lock itself is taken by CacheWriter.acquire (FolderLock): `command` only matters to OutFolder.hold
-    return OutFolder(out, "tc encode", own=OWN_FILES, own_dirs=(TOKENIZER_DIR,))
+    return OutFolder(out, "tc encode", own=OWN_FILES, own_dirs=(TOKENIZER_DIR, VERSIONS_DIR, TEACHERS_DIR))
 
 
 def other_files(out: Path) -> list[str]:
@@ -70,7 +72,9 @@ def unrecorded_files(out: Path, manifest: CacheManifest) -> list[str]:
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
         plain = path.is_file() and not path.is_symlink() and not name_problem(rel)  # tc writes no links
-        if plain and rel not in skip and not path.name.endswith(".tmp") and not path.name.startswith("shard-"):
+        side = rel.startswith(TEACHERS_DIR + "/")  # a side teacher's files are listed by its own manifest
+        if plain and rel not in skip and not side and not path.name.endswith(".tmp") and not path.name.startswith(
+                "shard-"):
             found.append(rel)
     return found
 
@@ -115,6 +119,9 @@ def recheck(out: Path, manifest: CacheManifest) -> list[str]:
             del manifest.shards[index:]
             manifest.complete = False
             break
+    gone = manifest.drop_versions_beyond_shards()
+    if gone:
+        notes.append(f"version(s) {', '.join(map(str, gone))} lost a shard: the rerun makes the newest again")
     for rel, record in list(manifest.files.items()):
         problem = file_problem(out, rel, record) if rel in manifest.files else None
         if problem:
@@ -182,13 +189,21 @@ def previous_cache(out: Path, force: bool) -> tuple[CacheManifest | None, CacheM
     return existing, replacing
 
 
-def resume(out: Path, manifest: CacheManifest, existing: CacheManifest, more_differences: list[str] = ()) -> bool:
+def carry_over(manifest: CacheManifest, existing: CacheManifest) -> None:
+    """What a resumed run keeps of the cache it continues: shards, files, versions, side teachers, generation."""
+    manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files
+    manifest.versions, manifest.teachers = existing.versions, existing.teachers
+    manifest.generation = existing.generation
+
+
+def resume(out: Path, manifest: CacheManifest, existing: CacheManifest, more_differences: list[str] = (),
+           ignore: tuple[str, ...] = ()) -> bool:
     """Continue the cache `existing` in `out` as `manifest`; True when it is complete already (nothing to do).
 
     Refuses, in one line, a cache made with other settings; re-reads every kept shard and file (a resume trusts
     nothing on disk, and says what it dropped); carries the kept shards over and removes stray ones.
     """
-    differences = manifest.differences(existing) + list(more_differences)
+    differences = manifest.differences(existing, ignore) + list(more_differences)
     if differences:
         raise CacheMismatchError(f"--out {out}: holds a cache made with other settings ({'; '.join(differences)}); "
                                  "use --force to start afresh")
@@ -196,7 +211,7 @@ def resume(out: Path, manifest: CacheManifest, existing: CacheManifest, more_dif
         warn(note)
     if existing.complete:
         return True
-    manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files
+    carry_over(manifest, existing)
     if "other_files" in existing.extra:
         manifest.extra["other_files"] = existing.extra["other_files"]
     remove_strays(out, manifest)

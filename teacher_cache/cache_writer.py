@@ -17,6 +17,8 @@ import fnmatch
 import hashlib
 from pathlib import Path
 
+import pyarrow as pa
+
 from teacher_cache.base.errors import CacheMismatchError, UserError
 from teacher_cache.base.lock import FolderLock
 from teacher_cache.base.progress import warn
@@ -25,6 +27,7 @@ from teacher_cache.cache_files import (
     STRAY_FILES,
     TOKENIZER_DIR,
     cache_out,
+    carry_over,
     other_files,
     previous_cache,
     record_files,
@@ -34,7 +37,7 @@ from teacher_cache.cache_files import (
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest, ShardInfo
 from teacher_cache.remote_out import staging_dir
 from teacher_cache.remote_reader import load_remote_manifest
-from teacher_cache.shards import ShardRows, ShardWriter
+from teacher_cache.shards import ShardRows, ShardWriter, read_shard, shard_prefix
 from teacher_cache.storage import Store
 
 
@@ -91,11 +94,13 @@ class CacheWriter:
     def _clear_staging(self) -> None:
         cache_out(self.out).clear_own()
 
-    def resume(self, manifest: CacheManifest, existing: CacheManifest, more_differences: list[str] = ()) -> bool:
-        """Continue `existing` as `manifest` (refused on other settings); True when it is complete already."""
+    def resume(self, manifest: CacheManifest, existing: CacheManifest, more_differences: list[str] = (),
+               ignore: tuple[str, ...] = ()) -> bool:
+        """Continue `existing` as `manifest` (refused on other settings, but those in `ignore`); True when it is
+        complete already."""
         if not self.remote:
-            return resume(self.out, manifest, existing, more_differences)
-        differences = manifest.differences(existing) + list(more_differences)
+            return resume(self.out, manifest, existing, more_differences, ignore)
+        differences = manifest.differences(existing, ignore) + list(more_differences)
         if differences:
             raise CacheMismatchError(f"--out {self.where}: holds a cache made with other settings "
                                      f"({'; '.join(differences)}); use --force to start afresh")
@@ -103,7 +108,7 @@ class CacheWriter:
             warn(note)
         if existing.complete:
             return True
-        manifest.shards, manifest.created, manifest.files = existing.shards, existing.created, existing.files
+        carry_over(manifest, existing)
         manifest.extra["other_files"] = existing.extra.get("other_files", [])
         self._remove_remote_strays(manifest)
         return False
@@ -123,6 +128,9 @@ class CacheWriter:
                 del manifest.shards[index:]
                 manifest.complete = False
                 break
+        gone = manifest.drop_versions_beyond_shards()
+        if gone:
+            notes.append(f"version(s) {', '.join(map(str, gone))} lost a shard: the rerun makes the newest again")
         for rel, record in list(manifest.files.items()):
             if not self._fetch_small(rel, record):
                 notes.append(f"{self.store.where(rel)}: missing or changed; writing it again")
@@ -194,18 +202,28 @@ class CacheWriter:
 
     def commit(self, manifest: CacheManifest, rows: ShardRows) -> ShardInfo:
         """Write the next shard (temporary name, then rename; for a URL then upload), list it, save the manifest."""
-        index = len(manifest.shards)
-        path, checksum = self.shards.write(index, rows)
+        index = sum(1 for s in manifest.shards if s.file.startswith(shard_prefix(manifest.generation)))
+        path, checksum = self.shards.write(index, rows, manifest.generation)
         size = path.stat().st_size
         if self.remote:
             self.store.put(path.name, path)  # one object, whole or not at all
             path.unlink()
         info = ShardInfo(file=path.name, rows=len(rows.ids), id_start=int(rows.ids[0]) if len(rows.ids) else 0,
                          id_end=int(rows.ids[-1]) if len(rows.ids) else -1, sha256=checksum,
-                         n_tokens=int(rows.n_tokens.sum()), bytes=size)
+                         n_tokens=int(rows.n_tokens.sum()), bytes=size, keys=rows.keys is not None)
         manifest.shards.append(info)
         self.save(manifest)
         return info
+
+    def read_columns(self, info: ShardInfo, columns: list[str]) -> pa.Table:
+        """Some columns of a shard already written (for a URL, only those columns' bytes are fetched)."""
+        if not self.remote:
+            return read_shard(self.out / info.file, columns)
+        with self.store.open_input(info.file) as source:
+            reader = pa.ipc.open_file(source)
+            fields = [reader.schema.get_field_index(c) for c in columns]
+            options = pa.ipc.IpcReadOptions(included_fields=fields)
+            return pa.ipc.open_file(source, options=options).read_all()
 
     def finish(self, manifest: CacheManifest) -> CacheManifest:
         """Mark the cache complete: every small file recorded and published, then the manifest, last (save)."""

@@ -21,7 +21,11 @@ TOKEN_OUTPUTS_KEY = "token_outputs"
 VOCAB_WORDS_FILE = "vocab_words.txt"
 VOCAB_WORDS_OUTPUTS_FILE = "vocab_words.safetensors"
 WORD_OUTPUTS_KEY = "word_outputs"
-FORMAT_VERSION = 1
+# 2: rows keyed by their text (a `key` column), versions, duplicates counted, side teachers (teacher_cache/versions.py).
+# A cache of format 1 opens as one version whose keys are hashed from its texts when they are needed.
+FORMAT_VERSION = 2
+VERSIONS_DIR = "versions"  # one small file per version: its deleted ids and its duplicate counts
+TEACHERS_DIR = "teachers"  # one folder per side teacher: its own manifest.json and shards aligned with the main ones
 # Settings that define what a cache *is*: a resumed run must agree on all of them.
 IDENTITY_KEYS = ("teacher_hash", "pooling", "max_length", "normalize", "dtype", "format",
                  "shard_size", "corpus_fingerprint", "precision", "text_column")
@@ -38,6 +42,7 @@ class ShardInfo:
     sha256: str
     n_tokens: int = 0
     bytes: int = 0  # file size; 0 in caches written before sizes were recorded
+    keys: bool = False  # holds a `key` column (format 2); older shards' keys are hashed from their texts
 
     def id_problems(self, where: str, ids) -> list[str]:  # ids: a numpy int64 array
         """What is wrong with this shard's ids as read back (row count, the contiguous range), if anything."""
@@ -47,6 +52,63 @@ class ShardInfo:
                              and bool(((ids[1:] - ids[:-1]) == 1).all())):  # numpy arrays
             return [f"{where}: ids are not the contiguous range {self.id_start}..{self.id_end}"]
         return []
+
+
+@dataclass
+class VersionInfo:
+    """One version of the cache: the rows of its first `shards` shards, less the ids its `file` lists as deleted."""
+
+    version: int
+    shards: int
+    rows: int  # live rows
+    corpus_fingerprint: str
+    corpus_files: list[str]
+    created: str = ""
+    added: int = 0  # rows encoded for this version
+    removed: int = 0  # rows live in the version before and not in this one
+    seen: int = 0  # corpus rows read, duplicates included
+    duplicates: int = 0  # corpus rows whose text an earlier row (or the cache) already held
+    file: str | None = None  # versions/v00002.safetensors: `deleted` ids, `dup_ids` and `dup_counts`; None: none
+
+
+@dataclass
+class SideTeacher:
+    """One side teacher (manifest `teachers[name]`): what made its vectors, its shards (one per main shard, same
+    order, rows and ids; names relative to the cache folder) and its files (tokenizer/, token outputs)."""
+
+    folder: str  # teachers/<name>, inside the cache
+    teacher: str = ""
+    teacher_hash: str = ""
+    pooling: list[str] = field(default_factory=list)
+    dim: int = 0
+    dtype: str = "float32"
+    precision: str = "fp32"
+    normalize: bool = False
+    max_length: int = 0
+    columns: dict[str, str] = field(default_factory=dict)
+    shards: list[ShardInfo] = field(default_factory=list)
+    files: dict[str, dict] = field(default_factory=dict)  # relative to the cache folder: sha256, bytes
+    complete: bool = False  # covered every shard of the newest version when it was written
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> SideTeacher:
+        """Parse one `teachers[name]` entry, each field type-checked and each name checked, in one line."""
+        check_fields(data, TEACHER_TYPES, where, required=("folder",))
+        kwargs = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        kwargs["shards"] = parse_shards(data.get("shards", []), where)
+        for rel, record in data.get("files", {}).items():
+            check_name(rel, f"{where}: files key")
+            check_fields(record, FILE_TYPES, f"{where}: files[{shown(rel)}]", required=("sha256",))
+        return cls(**kwargs)
+
+
+def parse_shards(shards: list, where: str) -> list[ShardInfo]:
+    """ShardInfo of each shard entry, each type-checked (one line naming `where` and the entry)."""
+    keys = set(ShardInfo.__dataclass_fields__)
+    for index, shard in enumerate(shards):
+        check_fields(shard, SHARD_TYPES, f"{where}: shards[{index}]", required=("file", "rows", "id_start",
+                                                                                 "id_end", "sha256"))
+    return [ShardInfo(**{k: v for k, v in s.items() if k in keys}) for s in shards]
 
 
 @dataclass
@@ -80,24 +142,69 @@ class CacheManifest:
     created: str = ""
     updated: str = ""
     extra: dict = field(default_factory=dict)
+    versions: list[VersionInfo] = field(default_factory=list)  # oldest first; empty in format-1 caches
+    generation: int = 0  # bumped by `tc compact`: the shards it writes are named shard-g<generation>-NNNNN
+    # side teachers: name -> their entry (teacher_cache/side_teachers.py); a dict of objects on disk
+    teachers: dict[str, SideTeacher] = field(default_factory=dict)
 
     def identity(self) -> dict:
         """Return the settings that must match for a cache to be resumed or extended."""
         return {k: getattr(self, k) for k in IDENTITY_KEYS}
 
-    def differences(self, other: CacheManifest) -> list[str]:
-        """Name each identity setting that differs between two manifests, as 'key: ours != theirs'."""
+    def differences(self, other: CacheManifest, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Name each identity setting (but those in `ignore`) that differs between two manifests, as
+        'key: ours != theirs'."""
         mine, theirs = self.identity(), other.identity()
-        return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in IDENTITY_KEYS if mine[k] != theirs[k]]
+        return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in IDENTITY_KEYS if mine[k] != theirs[k] and k not in ignore]
 
-    def content_fingerprint(self) -> str:
-        """sha256 over every shard (name, rows, checksum) and recorded file: equal only for the same cache content."""
+    def content_fingerprint(self, version: VersionInfo | None = None) -> str:
+        """sha256 over every shard (name, rows, checksum) and recorded file: equal only for the same cache content.
+
+        With `version`: over that version's shards and file only (and the files no version owns), so a reader of
+        one version is not told the cache changed when a later version is added beside it.
+        """
         digest = hashlib.sha256()
-        for s in self.shards:
+        shards = self.shards if version is None else self.shards[:version.shards]
+        for s in shards:
             digest.update(f"{s.file}:{s.rows}:{s.id_start}:{s.sha256}\n".encode())
         for name in sorted(self.files):
+            if version is not None and name.startswith(VERSIONS_DIR + "/") and name != version.file:
+                continue
             digest.update(f"{name}:{self.files[name].get('sha256')}\n".encode())
+        if version is not None:
+            digest.update(f"v{version.version}:{version.rows}\n".encode())
         return digest.hexdigest()[:32]
+
+    def drop_versions_beyond_shards(self) -> list[int]:
+        """Forget the versions that need a shard no longer listed (a resume dropped it); their numbers."""
+        gone = [v.version for v in self.versions if v.shards > len(self.shards)]
+        self.versions = [v for v in self.versions if v.shards <= len(self.shards)]
+        return gone
+
+    def all_versions(self) -> list[VersionInfo]:
+        """The versions, oldest first; a complete format-1 cache is one version of all its shards."""
+        if self.versions or not self.complete:
+            return list(self.versions)
+        return [VersionInfo(version=1, shards=len(self.shards), rows=sum(s.rows for s in self.shards),
+                            corpus_fingerprint=self.corpus_fingerprint, corpus_files=list(self.corpus_files),
+                            created=self.created, added=sum(s.rows for s in self.shards),
+                            seen=sum(s.rows for s in self.shards))]
+
+    def find_version(self, number: int | None) -> VersionInfo:
+        """Version `number` (None: the newest), or a one-line CacheError naming the versions there are."""
+        versions = self.all_versions()
+        if not versions:
+            raise CacheError("the cache has no finished version yet (an encode is under way or was interrupted); "
+                             "rerun the same `tc encode` command to finish it")
+        if number is None:
+            return versions[-1]
+        for v in versions:
+            if v.version == number:
+                return v
+        dropped = f" (versions before {versions[0].version} were dropped by `tc compact`)" if versions[
+            0].version > 1 and number < versions[0].version else ""
+        raise CacheError(f"--version {number}: no such version{dropped}; the cache has "
+                         f"{', '.join(str(v.version) for v in versions)}")
 
     @property
     def embedding_columns(self) -> list[str]:
@@ -115,13 +222,20 @@ class CacheManifest:
         check_fields(data, MANIFEST_TYPES, where, required=REQUIRED)
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in data.items() if k in known}
-        keys = set(ShardInfo.__dataclass_fields__)
-        shards = data.get("shards", [])
-        for index, shard in enumerate(shards):
-            check_fields(shard, SHARD_TYPES, f"{where}: shards[{index}]", required=("file", "rows", "id_start",
-                                                                                     "id_end", "sha256"))
-        kwargs["shards"] = [ShardInfo(**{k: v for k, v in s.items() if k in keys}) for s in shards]
+        kwargs["shards"] = parse_shards(data.get("shards", []), where)
+        version_keys = set(VersionInfo.__dataclass_fields__)
+        for index, version in enumerate(data.get("versions", [])):
+            check_fields(version, VERSION_TYPES, f"{where}: versions[{index}]",
+                         required=("version", "shards", "rows", "corpus_fingerprint", "corpus_files"))
+        kwargs["versions"] = [VersionInfo(**{k: v for k, v in x.items() if k in version_keys})
+                              for x in data.get("versions", [])]
+        teachers = {}
+        for name, entry in data.get("teachers", {}).items():
+            check_name(name, f"{where}: teachers key")
+            teachers[name] = SideTeacher.from_dict(entry, f"{where}: teachers[{shown(name)}]")
+        kwargs["teachers"] = teachers
         manifest = cls(**kwargs)
+        manifest.check_format(where)
         for rel, record in manifest.files.items():
             check_name(rel, f"{where}: files key")
             check_fields(record, FILE_TYPES, f"{where}: files[{shown(rel)}]", required=("sha256",))
@@ -132,12 +246,23 @@ class CacheManifest:
             check_name(rel, f"{where}: extra.other_files entry")
         return manifest
 
+    def check_format(self, where: str) -> None:
+        """Refuse, in one line, a cache written by a newer tc (its rows may mean what this one cannot read)."""
+        if self.format_version > FORMAT_VERSION:
+            raise CacheError(f"{where}: written by a newer teacher-cache (format {self.format_version}; this one "
+                             f"reads up to {FORMAT_VERSION}); upgrade teacher-cache to read it")
+
     def cache_names(self) -> list[tuple[str, str]]:
         """(entry, name) of every name inside the cache folder that this manifest tells tc to read or remove."""
         names = [(f"shards[{i}].file", s.file) for i, s in enumerate(self.shards)]
         names += [("files key", rel) for rel in self.files]
         names += [(key, getattr(self, key)) for key in ("tokenizer_dir", "token_embeddings_file")
                   if getattr(self, key) is not None]
+        names += [(f"versions[{i}].file", v.file) for i, v in enumerate(self.versions) if v.file is not None]
+        for n, t in self.teachers.items():
+            names += [(f"teachers[{shown(n)}].folder", t.folder)]
+            names += [(f"teachers[{shown(n)}].shards[{i}].file", s.file) for i, s in enumerate(t.shards)]
+            names += [(f"teachers[{shown(n)}].files key", rel) for rel in t.files]
         return names
 
     def save(self, directory: str | Path) -> None:
@@ -180,11 +305,17 @@ MANIFEST_TYPES = {
     "normalize": bool, "format": str, "shard_size": INT, "corpus_fingerprint": str, "corpus_files": [str],
     "precision": str, "text_column": (str, None), "columns": {str: str}, "shards": [dict], "complete": bool,
     "rows": INT, "skipped_rows": INT, "tokenizer_dir": (NAME, None), "token_embeddings_file": (NAME, None),
-    "kind": str, "files": {str: dict}, "format_version": INT, "created": str, "updated": str, "extra": dict}
+    "kind": str, "files": {str: dict}, "format_version": INT, "created": str, "updated": str, "extra": dict,
+    "versions": [dict], "generation": INT, "teachers": {str: dict}}
 REQUIRED = ("teacher", "teacher_hash", "pooling", "max_length", "dim", "dtype", "normalize", "format", "shard_size",
             "corpus_fingerprint", "corpus_files")
 SHARD_TYPES = {"file": NAME, "rows": INT, "id_start": INT, "id_end": "id_end", "sha256": str, "n_tokens": INT,
-               "bytes": INT}
+               "bytes": INT, "keys": bool}
+VERSION_TYPES = {"version": INT, "shards": INT, "rows": INT, "corpus_fingerprint": str, "corpus_files": [str],
+                 "created": str, "added": INT, "removed": INT, "seen": INT, "duplicates": INT, "file": (NAME, None)}
+TEACHER_TYPES = {"folder": NAME, "teacher": str, "teacher_hash": str, "pooling": [str], "dim": INT, "dtype": str,
+                 "precision": str, "normalize": bool, "max_length": INT, "columns": {str: str}, "shards": [dict],
+                 "files": {str: dict}, "complete": bool}
 FILE_TYPES = {"sha256": str, "bytes": (INT, None)}
 INT_LIMIT = 2 ** 63
 

@@ -18,8 +18,9 @@ import pyarrow as pa
 
 from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_line
 from teacher_cache.base.lock import holder
+from teacher_cache.base.progress import warn
 from teacher_cache.cache_files import file_problem
-from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
+from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest, SideTeacher, VersionInfo
 from teacher_cache.remote_reader import (
     check_object_sizes,
     fetch_small_files,
@@ -29,7 +30,17 @@ from teacher_cache.remote_reader import (
 )
 from teacher_cache.shard_cache import ShardCache, parse_size
 from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
+from teacher_cache.side_teachers import (
+    covered,
+    main_name,
+    read_main_vocab_outputs,
+    read_side_vectors,
+    side_column,
+    side_problems,
+    unit_rows,
+)
 from teacher_cache.storage import Store
+from teacher_cache.versions import VersionView, version_view
 
 DEFAULT_CACHE_LIMIT = "20GB"  # the local shard cache of a remote cache (--cache-limit)
 # Shards a remote reader keeps from eviction: the one being read (readers copy rows out of a shard before the next;
@@ -52,10 +63,10 @@ class TeacherCache:
 
     def __init__(self, directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
                  cache_dir: str | Path | None = None, cache_limit: str | int | None = None,
-                 download_rate: int | None = None):
-        """Open `directory` (a folder or a store URL); refused while a writer holds it, unfinished, or when shard
-        0's widths are not its dim. `cache_dir` and `cache_limit` (bytes, or '20GB') size a remote cache's local
-        shard cache; `download_rate` (bytes/s) caps its downloads."""
+                 download_rate: int | None = None, version: int | None = None):
+        """Open `directory` (a folder or a store URL) at `version` (None: the newest); refused while a writer holds
+        it, unfinished, or when shard 0's widths are not its dim. `cache_dir` and `cache_limit` (bytes, or '20GB')
+        size a remote cache's local shard cache; `download_rate` (bytes/s) caps its downloads."""
         self.store = Store.open(directory)
         self.remote = not self.store.is_local
         self.location = self.store.url if self.remote else str(directory)
@@ -79,11 +90,20 @@ class TeacherCache:
         if writer:  # a resume, grow or --force rewrite: a reader now would mix old and new shards
             raise CacheError(f"{self.location}: the cache is being written again (by {writer}); wait for it to "
                              "finish: reading it meanwhile would mix old and new shards")
-        if not self.manifest.complete and not allow_partial:
+        finished = self.manifest.complete or (self.manifest.versions and not writer)
+        if not finished and not allow_partial:
             raise CacheError(f"{self.location}: the cache is incomplete (being written, or an encode was "
                              "interrupted); rerun the same `tc encode` command to finish it")
         if not self.manifest.shards:
             raise CacheError(f"{self.location}: the cache holds no shard")
+        # the version read: its shards and deleted rows (None: an unfinished cache read as it is, allow_partial)
+        self.view: VersionView | None = None
+        if finished or version is not None:
+            if not self.manifest.complete and version is None:
+                warn(f"{self.location}: an update of the cache was interrupted; reading version "
+                     f"{self.manifest.versions[-1].version}, the newest finished one (rerun `tc encode` to finish)")
+            folder = self.local_files() if any(v.file for v in self.manifest.versions) else self.directory
+            self.view = version_view(self.manifest, version, folder, self.location)
         try:  # one shard's schema, cheap at any cache size; `verify` checks every shard
             problem = self.width_problem(0)
         except Exception:  # a missing or unreadable shard is named when it is read, and by `verify`
@@ -92,8 +112,36 @@ class TeacherCache:
             raise CacheIntegrityError(problem)
 
     def __len__(self) -> int:
-        """Number of rows in the cache."""
-        return sum(s.rows for s in self.manifest.shards)
+        """Number of (live) rows in the version read."""
+        return self.view.info.rows if self.view is not None else sum(s.rows for s in self.manifest.shards)
+
+    @property
+    def shards(self) -> list:
+        """The ShardInfo of each shard of the version read, in id order."""
+        return self.view.shards if self.view is not None else self.manifest.shards
+
+    @property
+    def version(self) -> VersionInfo | None:
+        """The version read (None for an unfinished cache opened with allow_partial)."""
+        return self.view.info if self.view is not None else None
+
+    @property
+    def id_rows(self) -> int:
+        """Ids of the version read run over [0, id_rows) (deleted rows included)."""
+        return self.view.id_rows if self.view is not None else sum(s.rows for s in self.manifest.shards)
+
+    @property
+    def deleted_ids(self) -> np.ndarray:
+        """Sorted ids of the rows the version read no longer holds (texts that left the corpus)."""
+        return self.view.deleted if self.view is not None else np.zeros(0, dtype=np.int64)
+
+    def live(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are rows of the version read."""
+        return self.view.live(ids) if self.view is not None else np.ones(len(ids), dtype=bool)
+
+    def row_counts(self, ids: np.ndarray) -> np.ndarray:
+        """How often each row's text occurred in the corpus of the version read (1 for most rows)."""
+        return self.view.counts(ids) if self.view is not None else np.ones(len(ids), dtype=np.int64)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -205,6 +253,77 @@ class TeacherCache:
         raise CacheError(f"{self.location}: no vector column {column!r}; it holds "
                          f"{', '.join(f'{c} ({self.manifest.columns.get(c, c)})' for c in columns)}")
 
+    # ---- several teachers (side teachers: teacher_cache/side_teachers.py) ---------------------------------------
+
+    def teacher_names(self) -> list[str]:
+        """The teachers whose vectors the cache holds: the main one first, then each side teacher."""
+        return [main_name(self.manifest), *self.manifest.teachers]
+
+    def side_teacher(self, name: str) -> SideTeacher:
+        """Side teacher `name`'s entry, once it covers every shard of the version read; else one line."""
+        entry = self.manifest.teachers.get(name)
+        if entry is None:
+            raise CacheError(f"{self.location}: no teacher {name!r}; it holds {', '.join(self.teacher_names())}")
+        if self.remote:
+            raise CacheError(f"{self.location}: side teacher {name}: side teachers are read from local caches only "
+                             "(copy the cache to a folder first)")
+        done = covered(entry, self.shards)
+        if done < len(self.shards):
+            raise CacheError(f"{self.location}: side teacher {name} covers {done} of the {len(self.shards)} shards "
+                             f"of this version (the main teacher added rows since); run `tc encode --teacher "
+                             f"{entry.teacher} --out {self.location}` to add them")
+        return entry
+
+    def teacher_dim(self, name: str) -> int:
+        """Width of teacher `name`'s vectors."""
+        return self.manifest.dim if name == main_name(self.manifest) else self.side_teacher(name).dim
+
+    def target_dim(self, names: list[str]) -> int:
+        """Width of read_targets(..., names): the named teachers' widths summed."""
+        return sum(self.teacher_dim(n) for n in names)
+
+    def teacher_info(self, name: str, column: str | None = None) -> dict:
+        """What a student records of one teacher it learnt: name, weights hash, dim, column, pooling, normalized."""
+        if name == main_name(self.manifest):
+            m, col = self.manifest, self.vector_column(column)
+            return {"name": name, "teacher": m.teacher, "hash": m.teacher_hash, "dim": m.dim, "column": col,
+                    "pooling": m.columns.get(col), "normalized": m.normalize}
+        entry = self.side_teacher(name)
+        col = side_column(entry, name, column)
+        return {"name": name, "teacher": entry.teacher, "hash": entry.teacher_hash, "dim": entry.dim, "column": col,
+                "pooling": entry.columns.get(col), "normalized": entry.normalize}
+
+    def tokenizer_differs(self, name: str) -> bool:
+        """Whether side teacher `name`'s tokenizer (tokenizer.json) is not the main teacher's."""
+        entry = self.side_teacher(name)
+        mine = self.manifest.files.get(f"{self.manifest.tokenizer_dir or 'tokenizer'}/tokenizer.json", {})
+        theirs = entry.files.get(f"{entry.folder}/tokenizer/tokenizer.json", {})
+        return mine.get("sha256") != theirs.get("sha256")
+
+    def read_targets(self, index: int, names: list[str], column: str | None = None) -> np.ndarray:
+        """float32 (rows, dim) targets of shard `index`'s rows, in row order: one teacher's vectors as stored, or
+        the concatenation of each named teacher's L2-normalised vectors (the main teacher's from the main shard, a
+        side teacher's from its aligned side shard); `column` a pooling or column name (None: each one's first)."""
+        main, parts = main_name(self.manifest), []
+        for name in names:
+            if name == main:
+                col = self.vector_column(column)
+                parts.append(vectors_of(self.read_shard(index, [col]), col))
+            else:
+                entry = self.side_teacher(name)
+                parts.append(read_side_vectors(self.directory, entry, name, self.shards[index], index,
+                                               side_column(entry, name, column), self.location))
+        if len(parts) == 1:
+            return np.array(parts[0], dtype=np.float32)
+        return np.concatenate([unit_rows(p) for p in parts], axis=1)
+
+    def vocab_outputs(self, name: str) -> np.ndarray | None:
+        """Teacher `name`'s output for each token of the main vocabulary (vocab x dim, float32): the main
+        teacher's token outputs (None when not cached), a side teacher's main_vocab_outputs."""
+        if name == main_name(self.manifest):
+            return self.token_outputs()
+        return read_main_vocab_outputs(self.directory, self.side_teacher(name), name)
+
     def width_problem(self, index: int) -> str | None:
         """How shard `index`'s vector columns disagree with the manifest's dim (read from its schema), or None."""
         path, dim = self.shard_where(index), self.manifest.dim
@@ -236,7 +355,7 @@ class TeacherCache:
                      ) -> Iterator[CacheBatch]:
         """Batches over the chosen shards; shuffled means shard order and rows within a shard permuted by seed."""
         col = self.vector_column(column)
-        order = list(range(len(self.manifest.shards))) if shards is None else list(shards)
+        order = list(range(len(self.shards))) if shards is None else list(shards)
         rng = np.random.default_rng(seed)
         if shuffle:
             rng.shuffle(order)
@@ -249,6 +368,7 @@ class TeacherCache:
             n_tokens = table.column("n_tokens").to_numpy()
             texts = table.column("text") if with_texts else None
             rows = rng.permutation(len(ids)) if shuffle else np.arange(len(ids))
+            rows = rows[self.live(ids[rows])]
             for start in range(0, len(rows), batch_size):
                 take = rows[start:start + batch_size]
                 batch_texts = texts.take(pa.array(take)).to_pylist() if with_texts else []
@@ -258,15 +378,17 @@ class TeacherCache:
     def vectors(self, column: str | None = None, ids: np.ndarray | None = None) -> np.ndarray:
         """All vectors of a column (or only those of `ids`), as float32; for probes on a bounded cache."""
         col = self.vector_column(column)
-        self.schedule(range(len(self.manifest.shards)))
         if ids is None:
-            return np.concatenate([np.asarray(vectors_of(self.read_shard(i, [col]), col), dtype=np.float32)
-                                   for i in range(len(self.manifest.shards))])
+            self.schedule(range(len(self.shards)))
+            return np.concatenate([np.asarray(vectors_of(self.read_shard(i, [col]), col), dtype=np.float32)[
+                self.live(np.arange(info.id_start, info.id_end + 1))] for i, info in enumerate(self.shards)])
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         out = np.empty((len(ids), self.dim), dtype=np.float32)
-        for i, info in enumerate(self.manifest.shards):
+        self.schedule([i for i, info in enumerate(self.shards)
+                       if np.any((ids >= info.id_start) & (ids <= info.id_end))])
+        for i, info in enumerate(self.shards):
             # ids are row positions, so each shard holds a slice; only the shards touched are read
             lo, hi = np.searchsorted(sorted_ids, [info.id_start, info.id_end + 1])
             if hi > lo:
@@ -277,24 +399,28 @@ class TeacherCache:
         """Cached texts, all or those of `ids` (ids are row positions: contiguous from 0); only the shards that
         hold them are read."""
         if ids is None:
-            self.schedule(range(len(self.manifest.shards)))
-            parts = [self.read_shard(i, ["text"]).column("text") for i in range(len(self.manifest.shards))]
-            return pa.chunked_array([c for p in parts for c in p.chunks]).to_pylist()
+            self.schedule(range(len(self.shards)))
+            texts = []
+            for i, info in enumerate(self.shards):
+                column = self.read_shard(i, ["text"]).column("text")
+                live = self.live(np.arange(info.id_start, info.id_end + 1))
+                texts += column.to_pylist() if live.all() else column.filter(pa.array(live)).to_pylist()
+            return texts
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         spans = [(i, *np.searchsorted(sorted_ids, [info.id_start, info.id_end + 1]))
-                 for i, info in enumerate(self.manifest.shards)]
+                 for i, info in enumerate(self.shards)]
         spans = [(i, lo, hi) for i, lo, hi in spans if hi > lo]
         self.schedule([i for i, _, _ in spans])
         out: list[str | None] = [None] * len(ids)
         for i, lo, hi in spans:
             column = self.read_shard(i, ["text"]).column("text")
-            picked = column.take(pa.array(sorted_ids[lo:hi] - self.manifest.shards[i].id_start)).to_pylist()
+            picked = column.take(pa.array(sorted_ids[lo:hi] - self.shards[i].id_start)).to_pylist()
             for position, text in zip(order[lo:hi], picked, strict=True):
                 out[position] = text
         if any(t is None for t in out):
-            raise CacheError(f"{self.location}: ids beyond the cache's {len(self):,} rows")
+            raise CacheError(f"{self.location}: ids beyond the cache's {self.id_rows:,} rows")
         return out
 
     def lazy(self):
@@ -340,7 +466,7 @@ class TeacherCache:
             problem = file_problem(self.directory, rel, record)
             if problem:
                 problems.append(problem)
-        return problems
+        return problems + side_problems(self.directory, self.manifest)
 
     def verify_remote(self) -> list[str]:
         """`verify` for a cache in a store: every object read once (one shard on local disk at a time)."""
@@ -365,9 +491,9 @@ class TeacherCache:
 
     def token_stats(self) -> dict[str, float]:
         """Token-length statistics over the whole cache: mean, median, p95, max, total."""
-        self.schedule(range(len(self.manifest.shards)))
+        self.schedule(range(len(self.shards)))
         counts = np.concatenate([self.read_shard(i, ["n_tokens"]).column("n_tokens").to_numpy()
-                                 for i in range(len(self.manifest.shards))])
+                                 for i in range(len(self.shards))])
         return {"mean": float(counts.mean()), "median": float(np.median(counts)),
                 "p95": float(np.percentile(counts, 95)), "max": int(counts.max()), "total": int(counts.sum())}
 
@@ -381,19 +507,21 @@ class TeacherCache:
 
 def open_cache(directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
                cache_dir: str | Path | None = None, cache_limit: str | int | None = None,
-               download_rate: int | None = None) -> TeacherCache:
-    """Open a teacher cache written by `tc encode`: a folder or a store URL such as s3://bucket/prefix (a local one
-    is refused while a writer holds it, unless `allow_writer`; a remote one streams through a bounded local shard
-    cache under `cache_dir`, at most `cache_limit` bytes, downloading at most `download_rate` bytes/s)."""
+               download_rate: int | None = None, version: int | None = None) -> TeacherCache:
+    """Open a teacher cache written by `tc encode`: a folder or a store URL such as s3://bucket/prefix, at
+    `version` (None: the newest). A local one is refused while a writer holds it, unless `allow_writer`; a remote one
+    streams through a bounded local shard cache under `cache_dir`, at most `cache_limit` bytes, downloading at most
+    `download_rate` bytes/s."""
     return TeacherCache(directory, allow_partial=allow_partial, allow_writer=allow_writer, cache_dir=cache_dir,
-                        cache_limit=cache_limit, download_rate=download_rate)
+                        cache_limit=cache_limit, download_rate=download_rate, version=version)
 
 
-def cache_change(directory: str | Path, fingerprint: str) -> str | None:
+def cache_change(directory: str | Path, fingerprint: str, version: int | None = None) -> str | None:
     """Why the cache at `directory` is no longer the one whose content_fingerprint() was `fingerprint`, or None.
 
     A long reader (training) calls this between epochs: a writer holding the cache now, or one that has been and
-    gone, means the shards read so far may come from two caches.
+    gone, means the shards read so far may come from two caches. With `version`, `fingerprint` is that version's
+    (CacheManifest.content_fingerprint(version)).
     """
     store = Store.open(directory)
     writer = holder(directory) if store.is_local else None
@@ -403,6 +531,13 @@ def cache_change(directory: str | Path, fingerprint: str) -> str | None:
         now = CacheManifest.load(directory) if store.is_local else load_remote_manifest(store)
     except CacheError as exc:
         return f"{exc} (the cache changed)"
-    if now.content_fingerprint() != fingerprint:
+    if version is not None:  # a reader of one version: a later version added beside it changes nothing it reads
+        try:
+            now_fingerprint = now.content_fingerprint(now.find_version(version))
+        except CacheError as exc:
+            return f"{directory}: {exc} (the cache changed)"
+    else:
+        now_fingerprint = now.content_fingerprint()
+    if now_fingerprint != fingerprint:
         return f"{directory}: the cache was rewritten (its manifest lists other shards or files than at the start)"
     return None

@@ -17,9 +17,15 @@ SUFFIX = {"arrow": ".arrow", "hdf5": ".h5"}
 RECORD_BATCH_ROWS = 8192  # readers can stream a shard batch by batch
 
 
-def shard_name(index: int, fmt: str) -> str:
-    """File name of shard `index`: shard-00000.arrow, shard-00001.h5, ..."""
-    return f"shard-{index:05d}{SUFFIX[fmt]}"
+def shard_name(index: int, fmt: str, generation: int = 0) -> str:
+    """File name of shard `index`: shard-00000.arrow, shard-00001.h5, ...; after `tc compact` (generation g > 0)
+    shard-g<g>-00000.arrow, so a compaction never writes over a shard the old manifest still lists."""
+    return f"{shard_prefix(generation)}{index:05d}{SUFFIX[fmt]}"
+
+
+def shard_prefix(generation: int) -> str:
+    """The start of every shard name of `generation` (see shard_name)."""
+    return "shard-" if generation == 0 else f"shard-g{generation}-"
 
 
 def sha256_file(path: Path) -> str:
@@ -40,16 +46,19 @@ class ShardRows:
     vectors: dict[str, np.ndarray]  # column name -> (rows, dim)
     n_tokens: np.ndarray  # int32
     extra: dict[str, np.ndarray] | None = None  # e.g. {"logits": (rows, n_labels)}
+    keys: np.ndarray | None = None  # uint64 key of each text (teacher_cache/versions.py); None: no key column
 
 
 def to_arrow_table(rows: ShardRows, dtype: str) -> pa.Table:
-    """Arrow table with id, text, one FixedSizeList column per vector column, and n_tokens."""
+    """Arrow table with id, text, one FixedSizeList column per vector column, n_tokens and (format 2) key."""
     columns = {"id": pa.array(rows.ids, pa.int64()), "text": pa.array(rows.texts, pa.string())}
     for name, matrix in {**rows.vectors, **(rows.extra or {})}.items():
         matrix = np.ascontiguousarray(matrix, dtype=np.dtype(dtype))
         flat = pa.array(matrix.reshape(-1))
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
     columns["n_tokens"] = pa.array(rows.n_tokens, pa.int32())
+    if rows.keys is not None:
+        columns["key"] = pa.array(np.asarray(rows.keys, dtype=np.uint64), pa.uint64())
     return pa.table(columns)
 
 
@@ -62,9 +71,9 @@ class ShardWriter:
             raise CacheError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
         self.directory, self.fmt, self.dtype = Path(directory), fmt, dtype
 
-    def write(self, index: int, rows: ShardRows) -> tuple[Path, str]:
-        """Write shard `index` atomically; return its final path and sha256."""
-        final = self.directory / shard_name(index, self.fmt)
+    def write(self, index: int, rows: ShardRows, generation: int = 0) -> tuple[Path, str]:
+        """Write shard `index` (of `generation`, see shard_name) atomically; return its final path and sha256."""
+        final = self.directory / shard_name(index, self.fmt, generation)
         try:
             with atomic_path(final) as tmp:
                 if self.fmt == "arrow":
@@ -90,6 +99,8 @@ class ShardWriter:
         with h5py.File(path, "w") as h5:
             h5.create_dataset("id", data=rows.ids.astype(np.int64))
             h5.create_dataset("text", data=np.array(rows.texts, dtype=object), dtype=h5py.string_dtype())
+            if rows.keys is not None:
+                h5.create_dataset("key", data=np.asarray(rows.keys, dtype=np.uint64))
             for name, matrix in {**rows.vectors, **(rows.extra or {})}.items():
                 h5.create_dataset(name, data=np.asarray(matrix, dtype=np.dtype(self.dtype)))
             h5.create_dataset("n_tokens", data=rows.n_tokens.astype(np.int32))

@@ -50,7 +50,7 @@ def test_cache_layout_and_plain_readers(tiny_cache, corpus_file):
         assert manifest[key] not in (None, "")
     # plain pyarrow, no project code
     table = pa.ipc.open_file(pa.memory_map(str(tiny_cache / "shard-00001.arrow"))).read_all()
-    assert table.schema.names == ["id", "text", "embedding", "embedding_cls", "n_tokens"]
+    assert table.schema.names == ["id", "text", "embedding", "embedding_cls", "n_tokens", "key"]
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 32)
     assert table.column("id").to_pylist() == list(range(100, 200))
     assert table.column("text").to_pylist() == corpus_file.read_text().splitlines()[100:200]
@@ -151,7 +151,11 @@ def test_a_cache_cut_at_max_rows_grows_into_the_fresh_full_cache(tmp_path, teach
     fresh, _ = encode(tmp_path, teacher_dir, corpus_file, "fresh", pooling=["mean"], shard_size=100)
     assert manifest.complete and manifest.rows == 300
     assert shard_digests(grown) == shard_digests(fresh)  # the same shards a fresh full run writes
-    # a cut inside a shard cannot grow into a fresh run's shard boundaries: refused, as any other difference
+    # a cut inside a shard grows too: the rows past it are new texts, encoded into a new version's shards
     encode(tmp_path, teacher_dir, corpus_file, "ragged", pooling=["mean"], shard_size=100, max_rows=150)
-    with pytest.raises(CacheMismatchError, match="max_rows"):
-        encode(tmp_path, teacher_dir, corpus_file, "ragged", pooling=["mean"], shard_size=100)
+    ragged, manifest = encode(tmp_path, teacher_dir, corpus_file, "ragged", pooling=["mean"], shard_size=100)
+    assert [s.rows for s in manifest.shards] == [100, 50, 100, 50]
+    assert [(v.version, v.rows, v.added, v.removed) for v in manifest.versions] == [(1, 150, 150, 0), (2, 300, 150, 0)]
+    assert sorted(open_cache(ragged).texts()) == sorted(open_cache(fresh).texts())
+    with pytest.raises(CacheMismatchError, match="shard_size"):  # a setting that defines the cache still refuses
+        encode(tmp_path, teacher_dir, corpus_file, "ragged", pooling=["mean"], shard_size=50)

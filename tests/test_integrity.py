@@ -174,9 +174,13 @@ def test_sigterm_during_training_checkpoints_and_exits_143(tiny_cache, tmp_path)
 def test_a_partial_cache_says_it_may_still_be_being_written(copy, capsys):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["complete"] = False
+    finished = manifest.pop("versions")
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match="being written, or an encode was interrupted"):
-        open_cache(copy)
+        open_cache(copy)  # a first encode, not finished: no version to read
+    manifest["versions"] = finished  # an update of a finished cache was interrupted: its last version is read
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert len(open_cache(copy)) == 300
     from teacher_cache.base.lock import FolderLock
 
     with FolderLock(copy, "tc encode"):

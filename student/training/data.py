@@ -35,13 +35,16 @@ def _mix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def validation_ids(n_rows: int, val_rows: int, chunk: int = 1 << 20) -> np.ndarray:
-    """The `val_rows` ids in [0, n_rows) with the smallest hash: sorted, stable across runs, seeds and resumes."""
+def validation_ids(n_rows: int, val_rows: int, chunk: int = 1 << 20, exclude: np.ndarray | None = None) -> np.ndarray:
+    """The `val_rows` ids in [0, n_rows) with the smallest hash, less the sorted ids `exclude` (rows a version
+    deleted): sorted, stable across runs, seeds and resumes."""
     if val_rows <= 0:
         return np.zeros(0, dtype=np.int64)
     best_ids, best_keys = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
     for start in range(0, n_rows, chunk):
         ids = np.arange(start, min(start + chunk, n_rows), dtype=np.int64)
+        if exclude is not None and len(exclude):
+            ids = ids[~np.isin(ids, exclude, assume_unique=True)]
         keys = _mix64(ids.astype(np.uint64) + np.uint64(VAL_SALT))
         ids, keys = np.concatenate([best_ids, ids]), np.concatenate([best_keys, keys])
         keep = np.argpartition(keys, val_rows - 1)[:val_rows] if len(keys) > val_rows else slice(None)
@@ -49,8 +52,10 @@ def validation_ids(n_rows: int, val_rows: int, chunk: int = 1 << 20) -> np.ndarr
     return np.sort(best_ids)
 
 
-def read_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[str], np.ndarray]:
-    """Texts and float32 vectors of the given sorted ids, reading only the shards that hold them.
+def read_rows(cache: TeacherCache, ids: np.ndarray, column: str,
+              targets: tuple[str, ...] | None = None) -> tuple[list[str], np.ndarray]:
+    """Texts and float32 vectors (`column`, or the targets of the teachers `targets`: TeacherCache.read_targets)
+    of the given sorted ids, reading only the shards that hold them.
 
     A remote cache keeps them in its local mirror (an Arrow file named by the cache's content and the ids), since
     validation ids touch every shard: the first run fetches each shard once for them, later runs and resumes none.
@@ -66,10 +71,15 @@ def read_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[s
         local = ids[(ids >= info.id_start) & (ids <= info.id_end)] - info.id_start
         if len(local) == 0:
             continue
+        if targets is not None:  # several teachers (or a side one): their vectors of the shard, then these rows
+            texts += cache.read_shard(index, ["text"]).take(pa.array(local)).column("text").to_pylist()
+            parts.append(cache.read_targets(index, list(targets), column)[local])
+            continue
         table = cache.read_shard(index, ["text", column]).take(pa.array(local))
         texts += table.column("text").to_pylist()
         parts.append(np.asarray(vectors_of(table, column), dtype=np.float32))
-    vectors = np.concatenate(parts) if parts else np.zeros((0, cache.dim), dtype=np.float32)
+    dim = cache.dim if targets is None else cache.target_dim(list(targets))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
     if cache.remote and len(ids):
         remember_rows(cache, ids, column, texts, vectors)
     return texts, vectors
@@ -132,18 +142,22 @@ class StreamingCacheDataset(IterableDataset):
 
     def __init__(self, cache_dir: str | Path | TeacherCache, column: str, tokenizer: WordPieceTokenizer,
                  batch_size: int, seed: int = 0, val_ids: np.ndarray | None = None, max_rows: int | None = None,
-                 buffer_size: int = 10_000, pool_batches: int = 50, rank: int = 0, world_size: int = 1):
-        """Stream `column` of the cache (opened, or its folder or URL), skipping `val_ids` and ids >= `max_rows`."""
-        self.column, self.tokenizer = column, tokenizer
+                 buffer_size: int = 10_000, pool_batches: int = 50, rank: int = 0, world_size: int = 1,
+                 dedup: str = "keep-first", targets: tuple[str, ...] | None = None):
+        """Stream `column` of the cache (opened, or its folder or URL), skipping `val_ids`, ids >= `max_rows` and
+        rows the version read deleted; with dedup 'count' a row comes as often as its text was in the corpus.
+        `targets`: the teachers whose vectors to stream instead (TeacherCache.read_targets; None: `column`)."""
+        self.column, self.tokenizer, self.targets = column, tokenizer, targets
         self.batch_size, self.seed, self.buffer_size, self.pool_batches = batch_size, seed, buffer_size, pool_batches
         self.val_ids = np.zeros(0, dtype=np.int64) if val_ids is None else np.asarray(val_ids, dtype=np.int64)
-        self.max_rows, self.rank, self.world_size = max_rows, rank, world_size
+        self.max_rows, self.rank, self.world_size, self.dedup = max_rows, rank, world_size, dedup
         # every epoch reads the shards of this one manifest; the trainer re-checks between epochs that it still holds
         self.cache = cache_dir if isinstance(cache_dir, TeacherCache) else open_cache(cache_dir)
         self.cache_dir = self.cache.location
-        self.shards = self.cache.manifest.shards
+        self.shards = self.cache.shards  # the version read: a prefix of the manifest's shards
         self.epoch, self.skip_batches = 0, 0
         self.done_ids = np.zeros(0, dtype=np.int64)  # rows of this epoch trained on before an elastic resume
+        self._rows_in: dict[int, int] = {}  # shard -> training rows, for the done_ids of now
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, done_ids: np.ndarray | None = None) -> None:
         """Choose the epoch to stream next and how many of its first batches to pass over (a resume on as many
@@ -152,6 +166,7 @@ class StreamingCacheDataset(IterableDataset):
         self.epoch, self.skip_batches = epoch, skip_batches
         self.done_ids = np.zeros(0, dtype=np.int64) if done_ids is None else np.sort(
             np.asarray(done_ids, dtype=np.int64))
+        self._rows_in = {}
 
     def shard_order(self, epoch: int) -> list[int]:
         """All shard indices (those below max_rows) in this epoch's order, the same for every worker and rank."""
@@ -187,13 +202,29 @@ class StreamingCacheDataset(IterableDataset):
 
     def rows_in(self, shard: int) -> int:
         """Training rows of one shard (validation ids and ids past max_rows excluded)."""
+        if shard not in self._rows_in:
+            self._rows_in[shard] = self._count_rows(shard)
+        return self._rows_in[shard]
+
+    def _count_rows(self, shard: int) -> int:
         info = self.shards[shard]
         end = info.id_end if self.max_rows is None else min(info.id_end, self.max_rows - 1)
         if end < info.id_start:
             return 0
-        val = np.count_nonzero((self.val_ids >= info.id_start) & (self.val_ids <= end))
-        done = np.count_nonzero((self.done_ids >= info.id_start) & (self.done_ids <= end))  # disjoint from val
-        return end - info.id_start + 1 - int(val) - int(done)
+        ids = np.arange(info.id_start, end + 1, dtype=np.int64)
+        keep = self.training_rows(ids)
+        if self.dedup == "count":
+            return int(self.cache.row_counts(ids[keep]).sum())
+        return int(np.count_nonzero(keep))
+
+    def training_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` (one shard's) are trained on: live in the version read, not validation, not done."""
+        keep = self.cache.live(ids) & ~np.isin(ids, self.val_ids)
+        if len(self.done_ids):
+            keep &= ~np.isin(ids, self.done_ids)
+        if self.max_rows is not None:
+            keep &= ids < self.max_rows
+        return keep
 
     def batches_per_epoch(self, epoch: int, num_workers: int = 0, rank: int | None = None) -> int:
         """Exact number of batches a rank (default this one) yields in `epoch` (only each stream's last is short)."""
@@ -210,17 +241,17 @@ class StreamingCacheDataset(IterableDataset):
         """Training rows of `segments` in order, each segment's rows permuted."""
         cache.schedule([index for index, _, _ in segments])  # a remote cache fetches them ahead, in this order
         for index, first, end in segments:
-            table = cache.read_shard(index, ["id", "text", self.column, "n_tokens"])
+            columns = ["id", "text", self.column, "n_tokens"] if self.targets is None else ["id", "text", "n_tokens"]
+            table = cache.read_shard(index, columns)
             ids = table.column("id").to_numpy()
-            keep = ~np.isin(ids, self.val_ids)
-            if len(self.done_ids):
-                keep &= ~np.isin(ids, self.done_ids)
-            if self.max_rows is not None:
-                keep &= ids < self.max_rows
-            kept = np.flatnonzero(keep)[first:end]
+            kept = np.flatnonzero(self.training_rows(ids))
+            if self.dedup == "count":  # a text the corpus held n times comes n times, as in the corpus
+                kept = np.repeat(kept, self.cache.row_counts(ids[kept]))
+            kept = kept[first:end]
             rows = kept[rng.permutation(len(kept))]
             texts = table.column("text").to_pylist()
-            vectors = vectors_of(table, self.column)
+            vectors = vectors_of(table, self.column) if self.targets is None else cache.read_targets(
+                index, list(self.targets), self.column)
             n_tokens = table.column("n_tokens").to_numpy()
             for r in rows:
                 yield int(ids[r]), texts[r], vectors[r].astype(np.float32), int(n_tokens[r])  # copy, not a view

@@ -7,13 +7,16 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 
+import numpy as np
+
 from student.config import StudentConfig
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
 from student.training.data import StreamingCacheDataset
 from student.training.distributed import DistContext
 from student.training.student_out import StudentOut
-from student.training.train_config import RUN_ONLY, TrainConfig
-from teacher_cache.base.errors import UserError
+from student.training.train_config import DEDUP_MODES, RUN_ONLY, TrainConfig
+from teacher_cache.base.errors import CacheError, UserError
+from teacher_cache.base.progress import log
 from teacher_cache.reader import TeacherCache
 
 
@@ -26,7 +29,7 @@ class RunPlan:
     student: StudentConfig
     tokenizer_files: dict[str, bytes]
     column: str  # the cache column the student learns
-    n_rows: int  # cache rows used (--max-rows), validation rows included
+    n_rows: int  # ids used, [0, n_rows) (--max-rows), validation rows and rows a version deleted included
     val_rows: int
     cache_info: dict  # the cache as training_args.json records it; its fingerprint is re-checked at every save
     settings: dict  # what a --resume must share with the checkpoint: every knob but RUN_ONLY, and the cache
@@ -34,11 +37,13 @@ class RunPlan:
     epoch_steps: tuple[int, ...] = ()
     warmup: int = 0
     sparse: bool = False  # sparse token-table gradients (SparseAdam); a resumed run keeps its checkpoint's choice
+    deleted_rows: int = 0  # ids below n_rows that the version read no longer holds
+    targets: tuple[str, ...] | None = None  # the teachers learnt (--teacher-column/--targets); None: the cache's own
 
     @property
     def train_rows(self) -> int:
         """Rows trained on each epoch (all ranks together)."""
-        return self.n_rows - self.val_rows
+        return self.n_rows - self.val_rows - self.deleted_rows
 
     @property
     def total_steps(self) -> int:
@@ -71,26 +76,72 @@ def _knobs(cfg: TrainConfig, column: str, val_rows: int, scfg: StudentConfig) ->
 def plan_run(cfg: TrainConfig, cache: TeacherCache, ddp: DistContext) -> RunPlan:
     """The plan of a run of `cfg` on the (checked) `cache`, refused in one line before anything is written."""
     column = cache.vector_column(cfg.target_column)
-    n_rows = len(cache) if cfg.max_rows is None else min(cfg.max_rows, len(cache))
-    val_rows = min(2000, n_rows // 10) if cfg.val_rows is None else cfg.val_rows
-    if val_rows >= n_rows:
-        raise UserError(f"--val-rows {val_rows}: leaves no training rows (using {n_rows:,} rows of the cache)")
+    n_rows = cache.id_rows if cfg.max_rows is None else min(cfg.max_rows, cache.id_rows)
+    deleted = int(np.searchsorted(cache.deleted_ids, n_rows))
+    live = n_rows - deleted
+    val_rows = min(2000, live // 10) if cfg.val_rows is None else cfg.val_rows
+    if val_rows >= live:
+        raise UserError(f"--val-rows {val_rows}: leaves no training rows (using {live:,} rows of the cache)")
+    if cfg.dedup not in DEDUP_MODES:
+        raise UserError(f"--dedup {cfg.dedup}: choose one of {', '.join(DEDUP_MODES)}")
+    targets = resolve_targets(cfg, cache, ddp.is_main)
+    learnt = learnt_teachers(cache, targets, column)
     tokenizer_files = read_tokenizer_files(cache.tokenizer_path)
     max_length = cfg.max_length or cache.manifest.max_length
     vocab = WordPieceTokenizer(tokenizer_files["tokenizer.json"], max_length).vocab_size
     m = cache.manifest
     scfg = StudentConfig(arch=cfg.arch, vocab_size=vocab, emb_dim=cfg.emb_dim, hidden=cfg.hidden, layers=cfg.layers,
-                         pooling=cfg.pooling, out_dim=cache.dim, max_length=max_length, dropout=cfg.dropout,
+                         pooling=cfg.pooling, out_dim=cache.dim if targets is None else cache.target_dim(targets),
+                         max_length=max_length, dropout=cfg.dropout,
                          token_weights=cfg.token_weights, static_path=cfg.static_path,
                          **({"kernel_sizes": list(cfg.kernel_sizes)} if cfg.kernel_sizes else {}),
                          teacher={"name": m.teacher, "hash": m.teacher_hash, "column": column,
-                                  "pooling": m.columns.get(column), "normalized": m.normalize})
+                                  "pooling": m.columns.get(column), "normalized": m.normalize, **learnt})
+    fingerprint = m.content_fingerprint(cache.version if cfg.version is not None else None)
     cache_info = {"path": str(cfg.shards), "teacher": m.teacher, "teacher_hash": m.teacher_hash, "dim": m.dim,
                   "corpus_fingerprint": m.corpus_fingerprint, "rows": len(cache),
-                  "fingerprint": m.content_fingerprint(), "target_pooling": m.columns.get(column)}
+                  "version": cache.version.version if cache.version else None,
+                  "fingerprint": fingerprint, "target_pooling": m.columns.get(column), **learnt}
     settings = {k: v for k, v in _knobs(cfg, column, val_rows, scfg).items() if k not in RUN_ONLY} | {
         "cache": {k: cache_info[k] for k in ("teacher_hash", "corpus_fingerprint", "rows", "fingerprint")}}
-    return RunPlan(cfg, ddp, scfg, tokenizer_files, column, n_rows, val_rows, cache_info, settings)
+    return RunPlan(cfg, ddp, scfg, tokenizer_files, column, n_rows, val_rows, cache_info, settings,
+                   deleted_rows=deleted, targets=targets)
+
+
+def resolve_targets(cfg: TrainConfig, cache: TeacherCache, is_main: bool = True) -> tuple[str, ...] | None:
+    """The teachers a run learns (--teacher-column NAME, --targets A,B): None for the cache's own teacher alone
+    (today's run, byte for byte); an unknown name, or a side teacher behind the version read, is one line."""
+    if cfg.teacher_column is None and cfg.targets is None:
+        return None
+    flag, value = ("--teacher-column", cfg.teacher_column) if cfg.teacher_column is not None else (
+        "--targets", cfg.targets)
+    names = [n.strip() for n in value.split(",")] if flag == "--targets" else [value]
+    known = cache.teacher_names()
+    for name in names:
+        if name not in known:
+            raise UserError(f"{flag} {value}: no teacher {name!r} in {cache.location}; it holds {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"{flag} {value}: name each teacher once")
+    if names == known[:1]:
+        return None
+    if cfg.vocab_words:
+        raise UserError(f"--vocab-words {cfg.vocab_words} with {flag} {value}: the whole words carry the main "
+                        "teacher's outputs only; drop one of them")
+    for name in (n for n in names if n != known[0]):
+        try:
+            cache.side_teacher(name)  # covers the version read
+            if is_main and cache.tokenizer_differs(name):
+                log(f"student vocabulary: {known[0]}'s tokenizer; {name}'s differs")
+        except CacheError as exc:
+            raise CacheError(f"{flag} {value}: {exc}") from None
+    return tuple(names)
+
+
+def learnt_teachers(cache: TeacherCache, targets: tuple[str, ...] | None, column: str) -> dict:
+    """What the student folder records of the teachers it learnt ({} for the cache's own teacher alone)."""
+    if targets is None:
+        return {}
+    return {"targets": [cache.teacher_info(name, column) for name in targets]}
 
 
 def schedule(plan: RunPlan, dataset: StreamingCacheDataset, sparse: bool) -> RunPlan:

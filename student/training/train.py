@@ -96,7 +96,7 @@ def evaluate_now(plan: RunPlan, state: RunState, student: Student, texts: list[s
 
 def check_cache(plan: RunPlan, state: RunState, every_rank: bool = True) -> None:
     """Stop in one line, saving nothing, when the cache is no longer the one training started from."""
-    change = cache_change(plan.cfg.shards, plan.cache_info["fingerprint"])
+    change = cache_change(plan.cfg.shards, plan.cache_info["fingerprint"], plan.cfg.version)
     seen = float(change is not None)
     if every_rank:  # all ranks stop together: none is left waiting at a barrier for one that stopped
         seen = distributed.all_sum(plan.ddp, seen)[0]
@@ -201,7 +201,7 @@ def _train(cfg: TrainConfig) -> dict:
         raise UserError("--sparse-embeddings yes: NCCL cannot all-reduce sparse gradients; use auto or no on CUDA")
     amp = autocast_dtype(device, cfg.precision)
     cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit,  # refused while written
-                       download_rate=cfg.download_rate)
+                       download_rate=cfg.download_rate, version=cfg.version)
     cache.check_before_use()  # every shard before --force clears anything (a remote one: sizes; sha256 on arrival)
     plan = plan_run(cfg, cache, ddp)
     plan = add_vocab_words(plan, cache, cfg.vocab_words)  # --vocab-words: the tokenizer files and vocab_size
@@ -216,7 +216,7 @@ def _train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     student = Student(plan.student, plan.tokenizer_files)
     if saved is None:
-        init_embeddings(student, cache, cfg.init_embeddings, cfg.sif, plan.n_rows)
+        init_embeddings(student, cache, cfg.init_embeddings, cfg.sif, plan.n_rows, plan.targets)
     sparse = saved["sparse"] if saved else cfg.sparse_embeddings == "yes" or (
         cfg.sparse_embeddings == "auto" and device.type == "cpu")
     student.set_sparse(sparse)
@@ -224,11 +224,11 @@ def _train(cfg: TrainConfig) -> dict:
     model = distributed.wrap(student, ddp)  # sparse embedding gradients are all-reduced too (gloo)
     optimizers = make_optimizers(student, cfg, sparse)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    val_ids = validation_ids(plan.n_rows, plan.val_rows)
+    val_ids = validation_ids(plan.n_rows, plan.val_rows, exclude=cache.deleted_ids)
     # rank 0 alone evaluates: the others read no validation rows (a remote cache's would cost every rank a pass)
-    val_texts, val_targets = read_rows(cache, val_ids if ddp.is_main else val_ids[:0], plan.column)
+    val_texts, val_targets = read_rows(cache, val_ids if ddp.is_main else val_ids[:0], plan.column, plan.targets)
     dataset = StreamingCacheDataset(cache, plan.column, student.tokenizer, cfg.batch_size, seed=cfg.seed,
-                                    val_ids=val_ids, max_rows=plan.n_rows,
+                                    val_ids=val_ids, max_rows=plan.n_rows, dedup=cfg.dedup, targets=plan.targets,
                                     buffer_size=cfg.buffer_size, pool_batches=cfg.pool_batches,
                                     rank=ddp.rank, world_size=ddp.world_size)
     if cfg.num_workers == 0:  # a remote cache starts fetching this rank's first shards during the set-up below

@@ -23,6 +23,7 @@ from teacher_cache.base.settings import (
 )
 from teacher_cache.shard_cache import parse_size
 
+DEDUP_MODES = ("keep-first", "count")  # how a text the corpus holds several times is trained on (data.py)
 LOSSES = ("mse", "cosine", "contrastive", "relational")  # what student/training/losses.py computes (one_loss)
 
 
@@ -52,7 +53,15 @@ class TrainConfig(Checked):
                                       "unless --force.")
     target_column: str | None = setting(None, "Teacher vector to learn: a pooling (mean, cls) or column name; "
                                               "default the cache's first.")
-    max_rows: int | None = setting(None, "Use only the first N rows of the cache.", check=count(1))
+    teacher_column: str | None = setting(None, "Teacher whose vectors to learn (a name `tc info` lists; default the "
+                                               "cache's own).")
+    targets: str | None = setting(None, "Comma-separated teacher names: learn the concatenation of their "
+                                        "L2-normalised vectors (an ensemble).")
+    version: int | None = setting(None, "Cache version to learn from (default the newest; `tc info` lists them).",
+                                  check=count(1))
+    dedup: str = setting("keep-first", "keep-first: each distinct text once an epoch; count: as often as the "
+                                       "corpus holds it (the cache counts duplicates).")
+    max_rows: int | None = setting(None, "Use only the first N rows (ids) of the cache.", check=count(1))
     val_rows: int | None = setting(None, "Held-out rows, chosen by id (default min(2000, 10%)).", check=count(0))
     buffer_size: int = setting(10_000, "Rows in the shuffle buffer.", check=count(1))
     pool_batches: int = setting(50, "Batches' worth of rows sorted together by length.", check=count(1))
@@ -142,6 +151,9 @@ class TrainConfig(Checked):
         if {"contrastive", "relational"} & set(losses) and self.batch_size < 2:
             raise UserError(f"--batch-size {self.batch_size}: must be at least 2 (the in-batch losses compare "
                             "sentences within a batch)")
+        if self.teacher_column is not None and self.targets is not None:
+            raise UserError(f"--teacher-column {self.teacher_column} and --targets {self.targets}: give one, not "
+                            "both (--targets NAME alone is one teacher too)")
         has_static = self.arch == "static" or (self.arch == "cnn" and self.static_path)
         if self.token_weights and not has_static:
             raise UserError(f"--token-weights: static students (or --arch cnn --static-path) only, not --arch "

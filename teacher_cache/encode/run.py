@@ -9,7 +9,6 @@ batching.py, reading ahead in prefetch.py, the settings in encode_config.py.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,14 +21,17 @@ from teacher_cache.base.errors import CacheError, CorpusError, reason
 from teacher_cache.base.progress import Progress, log, warn
 from teacher_cache.cache_writer import CacheWriter
 from teacher_cache.encode.batching import BatchEncoder, resolve_precision
+from teacher_cache.encode.changes import ChangePlan, checked_rows, plan_changes
 from teacher_cache.encode.config import EncodeConfig
 from teacher_cache.encode.corpus import CorpusStats, iter_corpus, resolve_corpus
-from teacher_cache.encode.prefetch import chunked, count_rows, prefetch
+from teacher_cache.encode.prefetch import chunked, prefetch
+from teacher_cache.encode.side_teacher import add_side_teacher, is_side_run
 from teacher_cache.encode.teacher import Teacher, load_teacher
 from teacher_cache.encode.token_outputs import TOKEN_OUTPUTS_FILE, save_token_outputs
-from teacher_cache.fingerprint import LEGACY_FINGERPRINT_NOTE, fingerprint_like, is_legacy_fingerprint
-from teacher_cache.manifest import CacheManifest, embedding_column
+from teacher_cache.fingerprint import corpus_fingerprint, fingerprint_like, is_legacy_fingerprint
+from teacher_cache.manifest import CacheManifest, VersionInfo, embedding_column
 from teacher_cache.shards import ShardRows
+from teacher_cache.versions import VersionView, cache_keys, text_keys, version_view, write_version_file
 
 __all__ = ["EncodeConfig", "EncodeRun", "encode_corpus", "start_encode"]
 
@@ -74,6 +76,9 @@ class EncodeRun:
     timing: dict = field(default_factory=lambda: {"encode_s": 0.0, "write_s": 0.0, "rows": 0})
     replacing: CacheManifest | bool = False  # --force over a cache: kept until the first new shard is ready
     started: bool = False  # True once this run has written into `out`
+    plan: ChangePlan | None = None  # the texts to encode and the version they make (versions.py)
+    previous: VersionView | None = None  # the newest finished version before this run
+    total_rows: int | None = None  # rows the cache will have once this run is done (for progress)
 
     def begin_writing(self) -> None:
         """Start writing into `out`: replace the old cache (--force), write the teacher files and the manifest."""
@@ -126,7 +131,8 @@ class EncodeRun:
         start = self.done_rows
         rows = ShardRows(ids=np.arange(start, start + len(texts), dtype=np.int64), texts=texts,
                          vectors={embedding_column(p, i): vectors[p] for i, p in enumerate(self.poolings)},
-                         n_tokens=np.asarray(n_tokens, dtype=np.int32), extra=extra)
+                         n_tokens=np.asarray(n_tokens, dtype=np.int32), extra=extra,
+                         keys=text_keys(texts, len(texts)))
         self.begin_writing()
         started = time.perf_counter()
         self.writer.commit(self.manifest, rows)  # written, listed, manifest saved (uploaded, for a URL)
@@ -146,9 +152,31 @@ class EncodeRun:
                                           "missing_text_rows": stats.missing_text, "ragged_rows": stats.ragged_count}
         manifest.extra["last_run"] = {**{k: round(v, 3) for k, v in self.timing.items()}, **run_info}
         save_token_outputs(self.teacher, self.out, manifest.teacher_hash)  # before "complete": a crash resumes
+        if self.plan is not None:
+            self.add_version()
         self.writer.finish(manifest)  # every file written since the manifest was begun recorded, the manifest last
         report_stats(self.cfg, stats, max_chars=self.max_length * 100)  # the cut iter_corpus was given
         return manifest
+
+
+    def add_version(self) -> VersionInfo:
+        """Record the version this run made: its file of deleted ids and duplicate counts, then its entry."""
+        manifest, plan, previous = self.manifest, self.plan, self.previous
+        id_rows = self.done_rows
+        deleted, dup_ids, dup_counts = plan.version_arrays(id_rows)
+        number = manifest.versions[-1].version + 1 if manifest.versions else 1
+        file = write_version_file(self.out, number, deleted, dup_ids, dup_counts)
+        added = id_rows - (previous.id_rows if previous is not None else 0)
+        info = VersionInfo(version=number, shards=len(manifest.shards), rows=id_rows - len(deleted),
+                           corpus_fingerprint=manifest.corpus_fingerprint, corpus_files=list(manifest.corpus_files),
+                           created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), added=added,
+                           removed=plan.removed_from(previous), seen=plan.corpus_rows, duplicates=plan.duplicates,
+                           file=file)
+        manifest.versions.append(info)
+        if previous is not None or info.duplicates or len(deleted):
+            log(f"{self.writer.where}: version {number}: {info.rows:,} rows ({added:,} encoded, {info.removed:,} "
+                f"removed, {info.duplicates:,} duplicate lines stored once)")
+        return info
 
 
 def start_encode(cfg: EncodeConfig, device: str | None = None) -> EncodeRun:
@@ -178,17 +206,18 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
     poolings = cfg.pooling or [teacher.st_config.get("pooling", "mean")]
     normalize = cfg.normalize if cfg.normalize is not None else teacher.st_config.get("normalize", False)
     max_length = min(cfg.max_length, teacher.max_position)
+    teacher_hash = teacher.weights_hash()
+    if is_side_run(cfg, existing, teacher_hash):  # a complete cache of another teacher: add this one beside it
+        return add_side_teacher(cfg, files, writer, teacher, teacher_hash, existing)
     precision = cfg.precision
     if precision == "auto" and existing is not None:
         precision = existing.precision  # a resumed run keeps the precision the cache was started with
-    recorded = existing.corpus_fingerprint if existing is not None else None
-    if recorded and is_legacy_fingerprint(recorded):  # an older cache resumes on the fingerprint it was made with
-        warn(f"{out}: {LEGACY_FINGERPRINT_NOTE}")
+    fingerprint = corpus_fingerprint(files, cfg.text_column)
     manifest = CacheManifest(
         teacher=teacher.name if teacher.folder is None else str(teacher.folder.resolve()),
-        teacher_hash=teacher.weights_hash(), pooling=poolings, max_length=max_length, dim=teacher.dim,
+        teacher_hash=teacher_hash, pooling=poolings, max_length=max_length, dim=teacher.dim,
         dtype=cfg.dtype, normalize=bool(normalize), format=cfg.format, shard_size=cfg.shard_size,
-        corpus_fingerprint=fingerprint_like(recorded, files, cfg.text_column), corpus_files=[str(f) for f in files],
+        corpus_fingerprint=fingerprint, corpus_files=[str(f) for f in files],
         precision=precision, text_column=cfg.text_column,
         columns={embedding_column(p, i): p for i, p in enumerate(poolings)})
     manifest.extra["max_rows"] = cfg.max_rows
@@ -196,45 +225,48 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
                     max_length=max_length, precision=precision, manifest=manifest, stats=CorpusStats(), chunks=None,
                     replacing=replacing)
     if existing is not None:
-        max_rows = [] if existing.extra.get("max_rows") == cfg.max_rows else [
-            f"max_rows: {existing.extra.get('max_rows')!r} != {cfg.max_rows!r}"]
-        if max_rows and can_grow(existing, cfg.max_rows):
-            target = f"{cfg.max_rows:,}" if cfg.max_rows else "all"
-            log(f"{out}: growing the cache from its first {existing.rows:,} rows "
-                f"(--max-rows {existing.extra['max_rows']}) to {target} rows")
-            existing.complete, max_rows = False, []
-        if writer.resume(manifest, existing, max_rows):
+        if existing.complete and corpus_changed(existing, files, cfg):
+            existing.versions = existing.all_versions()  # a format-1 cache: its one version, made explicit
+            existing.complete = False
+            log(f"{out}: the corpus changed since version {existing.versions[-1].version}; encoding only the "
+                "texts the cache does not hold")
+        if writer.resume(manifest, existing, ignore=("corpus_fingerprint",)):
             if save_token_outputs(teacher, writer.out, manifest.teacher_hash):
                 log(f"{out}: added the teacher's per-token outputs ({TOKEN_OUTPUTS_FILE})")
                 writer.save(existing)
             log(f"{out}: cache already complete ({existing.rows:,} rows, checksums match); nothing to do")
             run.manifest = existing
             return run
-    rows_iter = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=run.stats)
-    if cfg.max_rows:
-        rows_iter = itertools.islice(rows_iter, cfg.max_rows)
-    run.done_rows = sum(s.rows for s in manifest.shards)
-    rows_iter = itertools.islice(rows_iter, run.done_rows, None)
-    first = next(rows_iter, None)
-    if first is None and run.done_rows == 0:
+        if manifest.versions:
+            run.previous = version_view(manifest, None, writer.out, str(out))
+    corpus_rows = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=run.stats)
+    corpus_keys = text_keys(itertools.islice(corpus_rows, cfg.max_rows))  # every row's key: the first read
+    if not len(corpus_keys) and not manifest.shards:
         raise CorpusError(f"--corpus {', '.join(map(str, files))}: no non-blank line to encode")
-    run.chunks = chunked(itertools.chain([first] if first is not None else [], rows_iter), cfg.shard_size)
+    if manifest.shards:
+        log(f"{out}: reading the keys of {len(manifest.shards)} shards")
+    run.plan = plan_changes(corpus_keys, cache_keys(manifest.shards, writer.read_columns))
+    run.done_rows = sum(s.rows for s in manifest.shards)
+    run.total_rows = run.done_rows + run.plan.added
+    again = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=CorpusStats())
+    texts = checked_rows(itertools.islice(again, cfg.max_rows), run.plan, corpus_keys, ", ".join(map(str, files)))
+    run.chunks = chunked(texts, cfg.shard_size)
     if not run.replacing:
         run.begin_writing()  # a --force run begins at its first shard, so a failure before that keeps the old cache
     if run.done_rows:
-        log(f"resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows)")
+        log(f"{out}: resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows): "
+            f"{run.plan.added:,} texts to encode, {len(run.plan.live_ids):,} rows of the cache kept")
     return run
 
 
-def can_grow(existing: CacheManifest, max_rows: int | None) -> bool:
-    """Whether a complete cache cut at --max-rows can be extended to `max_rows` (None: all) by resuming.
-
-    Only when its cut fell on a shard boundary and was reached, so the grown cache has the very shards a fresh
-    run with the new --max-rows would write.
-    """
-    old = existing.extra.get("max_rows")
-    return (existing.complete and old is not None and (max_rows is None or max_rows > old)
-            and existing.rows == old and old % existing.shard_size == 0)
+def corpus_changed(existing: CacheManifest, files: list[Path], cfg: EncodeConfig) -> bool:
+    """Whether the corpus (or --max-rows) differs from what the cache's newest version was made from."""
+    recorded = existing.corpus_fingerprint
+    if recorded and is_legacy_fingerprint(recorded):  # an older cache's cheap fingerprint: compared in its kind
+        changed = fingerprint_like(recorded, files, cfg.text_column) != recorded
+    else:
+        changed = corpus_fingerprint(files, cfg.text_column) != recorded
+    return changed or existing.extra.get("max_rows") != cfg.max_rows
 
 
 def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
@@ -247,14 +279,11 @@ def encode_local(run: EncodeRun) -> CacheManifest:
     """The local engine's loop: read and tokenise ahead, encode each shard, commit it, then finish the cache."""
     cfg = run.cfg
     encoder = run.make_encoder()
-    total = [None]
-    threading.Thread(target=lambda: total.__setitem__(0, count_rows(run.files)), daemon=True).start()
-    progress = Progress("encode", None, quiet=cfg.quiet, start=run.done_rows)
+    progress = Progress("encode", run.total_rows, quiet=cfg.quiet, start=run.done_rows)
     for texts, token_ids in prefetch(run.chunks, encoder.tokenize):
         if run.precision == "auto":
             run.set_precision(resolve_precision(encoder, token_ids))
         encoder.precision = run.precision
-        progress.total = min(total[0], cfg.max_rows or total[0]) if total[0] else None
         started = time.perf_counter()
         vectors = encoder.encode_tokenized(token_ids, on_batch=lambda n, t: progress.update(n, tokens=t))
         run.timing["encode_s"] += time.perf_counter() - started
