@@ -1,5 +1,5 @@
-"""`tc encode`, `tc verify`, `tc info`, `tc vocab`: write a teacher cache, check it, describe it, add whole words to
-it."""
+"""`tc encode`, `tc verify`, `tc info`, `tc vocab`, `tc compact`: write a teacher cache, check it, describe it, add
+whole words to it, rewrite its newest version into fresh shards."""
 
 from __future__ import annotations
 
@@ -104,8 +104,11 @@ def verify(directory: Annotated[str, typer.Argument(help="Cache folder or store 
         raise typer.Exit(1)
     state = "complete" if cache.manifest.complete else "INCOMPLETE (rerun tc encode to finish)"
     files = len(cache.manifest.files)
-    typer.echo(f"ok: {len(cache.manifest.shards)} shards, {len(cache):,} rows and {files} other file(s), checksums "
-               f"match; {state}")
+    sides = cache.manifest.teachers
+    side = (f"; {len(sides)} side teacher(s), {sum(len(t.shards) for t in sides.values())} side shards and "
+            f"{sum(len(t.files) for t in sides.values())} file(s)" if sides else "")
+    typer.echo(f"ok: {len(cache.manifest.shards)} shards, {len(cache):,} rows and {files} other file(s){side}, "
+               f"checksums match; {state}")
     if corpus[1]:
         typer.echo(corpus[1] if corpus[0] else f"note: {corpus[1]}", err=not corpus[0])
     if not files and cache.manifest.kind != "logits":
@@ -136,12 +139,28 @@ def info(directory: Annotated[str, typer.Argument(help="Cache folder or store UR
         ("max_length", str(m.max_length)),
         ("precision", m.precision),
         ("corpus", f"{', '.join(m.corpus_files)} (fingerprint {m.corpus_fingerprint[:12]})"),
+        ("teachers", "; ".join(teacher_lines(cache))),
         ("tokens/row", tokens),
         ("size", f"{cache.size_on_disk() / 2**20:,.1f} MiB" + (" in the store" if cache.remote else "")),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         typer.echo(f"{key:<{width}}  {value}")
+
+
+def teacher_lines(cache) -> list[str]:
+    """One entry per teacher of the cache, the main one first: name, dim, pooling, complete or what it covers."""
+    from teacher_cache.side_teachers import covered
+
+    m, names = cache.manifest, cache.teacher_names()
+    lines = [f"{names[0]} (main, dim {m.dim}, {', '.join(m.pooling)})"]
+    for name, entry in m.teachers.items():
+        done = covered(entry, cache.shards)
+        state = "complete" if done == len(cache.shards) and entry.complete else (
+            f"covers {done} of {len(cache.shards)} shards: rerun `tc encode --teacher {entry.teacher} --out "
+            f"{cache.location}`")
+        lines.append(f"{name} (side, dim {entry.dim}, {', '.join(entry.pooling)}, {state})")
+    return lines
 
 
 @options_from(VocabConfig)
@@ -159,3 +178,28 @@ def vocab(**settings) -> None:
     from teacher_cache.encode.word_vocab import build_vocab
 
     build_vocab(build(VocabConfig, settings))
+
+
+def compact(
+    directory: Annotated[str | None, typer.Argument(metavar="CACHE", help="Cache folder (a local one).",
+                                                    show_default=False)] = None,
+    shards: Annotated[str | None, typer.Option("--shards", help="The cache folder, as a flag (the same as CACHE).",
+                                               show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+) -> None:
+    """Rewrite the newest version's live rows into fresh, full shards and drop the older versions.
+
+    Ids are renumbered 0..n-1 (deleted rows dropped, id order kept), duplicate counts and side teachers carried
+    over; the new shards are named shard-g<generation>-NNNNN. The manifest is saved once, after every new file, and
+    the old shards are removed only then: killed at any moment, the cache stays readable and a rerun finishes.
+
+    Example: tc compact out/
+    """
+    from teacher_cache.compact import compact_cache
+
+    if (directory is None) == (shards is None):
+        raise UserError("tc compact: name the cache once, as CACHE or --shards CACHE")
+    result = compact_cache(directory or shards, quiet=quiet)
+    if result.leftovers:
+        log(f"removed {result.leftovers} file(s) an interrupted tc compact left")
+    typer.echo(result.summary())

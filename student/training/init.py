@@ -18,6 +18,7 @@ from teacher_cache.base.errors import CacheError, UserError
 from teacher_cache.base.progress import warn
 from teacher_cache.cache_files import read_vocab_words
 from teacher_cache.reader import TeacherCache
+from teacher_cache.side_teachers import unit_rows
 
 
 def token_frequencies(id_lists: Iterable[list[int]], vocab_size: int) -> np.ndarray:
@@ -66,15 +67,16 @@ def init_from_outputs(encoder: nn.Module, outputs: np.ndarray, weights: np.ndarr
             encoder.token_weights.weight[:rows, 0] = w
 
 
-def init_embeddings(student, cache, how: str, sif: float, n_rows: int) -> None:
+def init_embeddings(student, cache, how: str, sif: float, n_rows: int,
+                    targets: tuple[str, ...] | None = None) -> None:
     """Start `student` as --init-embeddings says: 'teacher' (the cache's input embeddings, PCA-projected),
     'outputs' (its per-token outputs: model2vec's start for a static student or a CNN's static path, with SIF
-    weights counted on up to 200,000 of the first `n_rows` texts when sif > 0; PCA-projected rows otherwise),
-    or 'random' (left as built)."""
+    weights counted on up to 200,000 of the first `n_rows` texts when sif > 0; PCA-projected rows otherwise;
+    with `targets`, those of the teachers learnt: target_outputs), or 'random' (left as built)."""
     if how == "teacher":
         init_from_teacher(student.encoder, with_word_rows(cache.token_embeddings(), student, cache, "teacher"))
     elif how == "outputs":
-        outputs = cache.token_outputs()
+        outputs = cache.token_outputs() if targets is None else target_outputs(cache, targets)
         if outputs is None:
             raise CacheError(f"--init-embeddings outputs: {cache.directory} carries no token outputs; rerun its "
                              "`tc encode` command (it adds them to a complete cache) or use teacher")
@@ -88,6 +90,18 @@ def init_embeddings(student, cache, how: str, sif: float, n_rows: int) -> None:
             init_from_outputs(student.encoder, outputs, weights)
         else:
             init_from_teacher(student.encoder, outputs)  # PCA-projected rows, as for the input embeddings
+
+
+def target_outputs(cache: TeacherCache, targets: tuple[str, ...]) -> np.ndarray | None:
+    """Per-token outputs over the main vocabulary matching the targets: one teacher's as stored, or each named
+    teacher's with rows L2-normalised, side by side (None when the main teacher's are needed and not cached)."""
+    parts = [cache.vocab_outputs(name) for name in targets]
+    if any(p is None for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    rows = min(p.shape[0] for p in parts)
+    return np.concatenate([unit_rows(p[:rows]) for p in parts], axis=1)
 
 
 # ---- whole words (--vocab-words) -------------------------------------------------------------------------------
