@@ -200,15 +200,15 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
     out = writer.where  # for messages: the folder or URL the user named
     existing, replacing = writer.previous(cfg.force)
     teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.online)
+    teacher_hash = teacher.weights_hash()
+    if is_side_run(cfg, existing, teacher_hash):  # a complete cache of another teacher: add this one beside it
+        return add_side_teacher(cfg, files, writer, teacher, teacher_hash, existing)
     if cfg.max_length > teacher.max_position:
         warn(f"--max-length {cfg.max_length}: the teacher reads at most {teacher.max_position} word-pieces; using "
              f"{teacher.max_position}")
     poolings = cfg.pooling or [teacher.st_config.get("pooling", "mean")]
     normalize = cfg.normalize if cfg.normalize is not None else teacher.st_config.get("normalize", False)
     max_length = min(cfg.max_length, teacher.max_position)
-    teacher_hash = teacher.weights_hash()
-    if is_side_run(cfg, existing, teacher_hash):  # a complete cache of another teacher: add this one beside it
-        return add_side_teacher(cfg, files, writer, teacher, teacher_hash, existing)
     precision = cfg.precision
     if precision == "auto" and existing is not None:
         precision = existing.precision  # a resumed run keeps the precision the cache was started with
