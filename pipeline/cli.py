@@ -19,6 +19,7 @@ COMMANDS = [
     ("verify", cache.verify),
     ("info", cache.info),
     ("vocab", cache.vocab),
+    ("compact", cache.compact),
     ("train-student", train.train_student),
     ("probe", evaluate.probe),
     ("eval", evaluate.eval_),
