@@ -28,6 +28,8 @@ class ProbeConfig(Checked):
                                    "(s3://bucket/prefix; written locally, then uploaded, report.json last).")
     max_rows: int | None = setting(20_000, "Probe a random sample of this many cached rows (0 = all).", check=count(0))
     column: str | None = setting(None, "Cache vector column or pooling (default: the first).")
+    version: int | None = setting(None, "Cache version to probe (default the newest; `tc info` lists them).",
+                                  check=count(1))
     seed: int = setting(0, "Seed for the row sample and the query split.", check=SEED)
     batch_size: int = setting(128, "Sentences per student encode batch.", check=count(1))
     worst: int = setting(10, "Worst queries shown side by side in the report.", check=count(0))

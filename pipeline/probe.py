@@ -115,7 +115,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
 def probe(cfg: ProbeConfig, folder: Path) -> dict:
     """The probe itself, its files written into `folder` (--report, or its URL's staging folder; run_probe holds
     its lock)."""
-    cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit)
+    cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit, version=cfg.version)
     column = cache.vector_column(cfg.column)
     try:
         cache.read_shard(0, ["text"])
@@ -127,7 +127,8 @@ def probe(cfg: ProbeConfig, folder: Path) -> dict:
         raise UserError(f"--student {cfg.student}: outputs {student.dim}-d vectors but the cache holds "
                          f"{cache.dim}-d; probe a student distilled from this cache")
     rng = np.random.default_rng(cfg.seed)
-    ids = np.sort(rng.choice(len(cache), n, replace=False)) if n < len(cache) else np.arange(n)
+    live = np.flatnonzero(cache.live(np.arange(cache.id_rows)))  # the version's rows (all, unless it deleted some)
+    ids = np.sort(live[rng.choice(len(live), n, replace=False)]) if n < len(live) else live
     texts = cache.texts(ids)
     teacher_vecs = normalize(cache.vectors(column, ids))
     start = time.perf_counter()
@@ -169,7 +170,7 @@ def probe(cfg: ProbeConfig, folder: Path) -> dict:
 def token_counts(cache, ids: np.ndarray) -> np.ndarray:
     """n_tokens of the given row ids."""
     all_counts = np.concatenate([cache.read_shard(i, ["n_tokens"]).column("n_tokens").to_numpy()
-                                 for i in range(len(cache.manifest.shards))])
+                                 for i in range(len(cache.shards))])
     return all_counts[ids]
 
 

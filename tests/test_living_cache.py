@@ -260,3 +260,29 @@ def test_an_update_of_a_cache_in_a_bucket_fetches_only_keys(s3_env, tmp_path, te
     cache = open_cache(url, cache_dir=tmp_path / "mirror")
     assert (cache.version.version, len(cache)) == (2, 299)
     assert set(cache.texts()) == set(edited(LINES[:300]))
+
+
+def test_info_verify_and_probe_take_a_version(tmp_path, teacher_dir, capsys):
+    corpus = write_corpus(tmp_path / "corpus.txt", LINES[:300])
+    out = tmp_path / "cache"
+    encode(corpus, out, teacher_dir)
+    write_corpus(corpus, edited(LINES[:300]))
+    encode(corpus, out, teacher_dir)
+    code, shown, err = run_cli(capsys, "info", out)
+    assert code == 0 and "1 (" in shown and "2 (" in shown and "+9 -10" in shown and "showing 2" in shown, err
+    code, shown, err = run_cli(capsys, "info", out, "--version", "1")
+    assert code == 0 and "showing 1" in shown and "300 in 3 shard(s)" in shown, err
+    code, shown, err = run_cli(capsys, "verify", out, "--version", "1")
+    assert code == 0 and "300 rows" in shown, err
+    code, _, err = run_cli(capsys, "verify", out, "--version", "3")
+    one_line(code, err, "--version 3", "no such version")
+    student = tmp_path / "student"
+    code, _, err = run_cli(capsys, "train-student", "--shards", out, "--out", student, "--version", "1",
+                           "--epochs", "1", "--batch-size", "32", "--val-rows", "20", "--quiet")
+    assert code == 0, err
+    args = json.loads((student / "training_args.json").read_text())
+    assert args["cache"]["version"] == 1 and args["cache"]["rows"] == 300
+    code, _, err = run_cli(capsys, "probe", "--shards", out, "--student", student, "--version", "1",
+                           "--report", tmp_path / "probe", "--queries", "20", "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "probe" / "report.json").read_text())["rows_probed"] == 300

@@ -29,7 +29,10 @@ def encode(
 ) -> None:
     """Run the teacher over a corpus once and write its sentence vectors as a sharded cache.
 
-    Resumes after the last complete shard when rerun; refuses to mix settings without --force.
+    A rerun resumes a killed run; on a changed corpus it encodes only the texts the cache does not hold (each
+    text once) and records a new version (`tc info` lists them; --version N in train-student, probe, verify).
+    Another --teacher on a complete cache is added beside its teacher (teachers/<name>/; train-student
+    --teacher-column or --targets). Other settings are refused without --force.
 
     With --engine ray the shards are encoded by Ray actors and written by this process, in order: the same
     shards, ids and manifest as the local engine.
@@ -37,6 +40,11 @@ def encode(
     With --logits it caches a fine-tuned task teacher's logits (for `tc finetune --kd-cache`).
 
     Example: tc encode --corpus wiki.txt.gz --out out/ --pooling mean,cls --shard-size 50000
+
+    Example: tc encode --corpus wiki-2026-12.txt.gz --out out/ --pooling mean,cls --shard-size 50000  (the next
+    month: only its new texts are encoded)
+
+    Example: tc encode --teacher sentence-transformers/all-mpnet-base-v2 --out out/ --pooling mean
 
     Example: tc encode --teacher ft_teacher/ --logits --out logits_cache/
     """
@@ -59,7 +67,8 @@ def encode(
         manifest = encode_corpus(cfg)
     else:
         raise UserError(f"--engine {engine}: choose local or ray")
-    log(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
+    rows = manifest.versions[-1].rows if manifest.versions else manifest.rows
+    log(f"{cfg.out}: {rows:,} rows x {manifest.dim} ({', '.join(manifest.pooling)}) "
         f"in {len(manifest.shards)} shard(s), precision {manifest.precision}")  # --quiet: not shown
 
 
@@ -80,7 +89,11 @@ def encode_logits(settings: dict) -> None:
     log(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})")
 
 
-def verify(directory: Annotated[str, typer.Argument(help="Cache folder or store URL (s3://bucket/prefix).")]) -> None:
+VERSION_HELP = "Cache version (default the newest finished one; `tc info` lists them)."
+
+
+def verify(directory: Annotated[str, typer.Argument(help="Cache folder or store URL (s3://bucket/prefix).")],
+           version: Annotated[int | None, typer.Option(help=VERSION_HELP, show_default=False)] = None) -> None:
     """Re-check every file against the manifest, and the corpus (when still there) against its fingerprint.
 
     Shards: checksums, row counts, contiguous ids, vector widths against the manifest's dim; the other files:
@@ -90,7 +103,7 @@ def verify(directory: Annotated[str, typer.Argument(help="Cache folder or store 
 
     Example: tc verify out/    (or: tc verify s3://bucket/caches/wiki)
     """
-    cache = open_cache(directory, allow_partial=True)
+    cache = open_cache(directory, allow_partial=True, version=version)
     problems = cache.verify()
     corpus = None, ""
     if cache.manifest.kind == "embeddings":  # a logits cache fingerprints its task rows, not corpus files
@@ -116,12 +129,14 @@ def verify(directory: Annotated[str, typer.Argument(help="Cache folder or store 
                    "checked", err=True)
 
 
-def info(directory: Annotated[str, typer.Argument(help="Cache folder or store URL (s3://bucket/prefix).")]) -> None:
+def info(directory: Annotated[str, typer.Argument(help="Cache folder or store URL (s3://bucket/prefix).")],
+         version: Annotated[int | None, typer.Option(help=VERSION_HELP, show_default=False)] = None) -> None:
     """Print what a cache holds: rows, dim, teacher, poolings, size on disk, token-length statistics.
 
     Example: tc info out/    (or: tc info s3://bucket/caches/wiki)
     """
-    cache = open_cache(directory, allow_partial=True, allow_writer=True)  # a cache being written shows its progress
+    # a cache being written shows its progress
+    cache = open_cache(directory, allow_partial=True, allow_writer=True, version=version)
     m = cache.manifest
     if cache.remote:  # from the manifest: no shard is fetched to describe a remote cache
         total = sum(s.n_tokens for s in m.shards)
@@ -132,7 +147,8 @@ def info(directory: Annotated[str, typer.Argument(help="Cache folder or store UR
                   f"max {stats['max']}, total {stats['total']:,}")
     lines = [
         ("cache", f"{directory} ({'complete' if m.complete else 'incomplete'}, {m.format}, {m.dtype})"),
-        ("rows", f"{len(cache):,} in {len(m.shards)} shard(s) of up to {m.shard_size:,}"),
+        ("rows", f"{len(cache):,} in {len(cache.shards)} shard(s) of up to {m.shard_size:,}"),
+        ("versions", version_line(cache)),
         ("dim", str(m.dim)),
         ("teacher", f"{m.teacher} (weights {m.teacher_hash[:12]})"),
         ("pooling", ", ".join(f"{c}={p}" for c, p in m.columns.items()) + f"; normalized={m.normalize}"),
@@ -146,6 +162,18 @@ def info(directory: Annotated[str, typer.Argument(help="Cache folder or store UR
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         typer.echo(f"{key:<{width}}  {value}")
+
+
+def version_line(cache) -> str:
+    """The versions of the cache, newest last, and which one is shown."""
+    versions = cache.manifest.all_versions()
+    if not versions:
+        return "none finished yet"
+    shown = [f"{v.version} ({v.created[:10]}, {v.rows:,} rows, +{v.added:,} -{v.removed:,}"
+             + (f", {v.duplicates:,} duplicates" if v.duplicates else "") + ")" for v in versions[-5:]]
+    more = f"{len(versions) - 5} older, " if len(versions) > 5 else ""
+    reading = f"; showing {cache.version.version}" if cache.version is not None else ""
+    return more + "; ".join(shown) + reading
 
 
 def teacher_lines(cache) -> list[str]:

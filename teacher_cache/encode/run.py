@@ -253,9 +253,12 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
     run.chunks = chunked(texts, cfg.shard_size)
     if not run.replacing:
         run.begin_writing()  # a --force run begins at its first shard, so a failure before that keeps the old cache
-    if run.done_rows:
+    if run.previous is not None:
+        log(f"{out}: updating version {run.previous.info.version}: {run.plan.added:,} texts to encode, "
+            f"{len(run.plan.live_ids):,} rows of the cache kept ({len(manifest.shards)} shards so far)")
+    elif run.done_rows:
         log(f"{out}: resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows): "
-            f"{run.plan.added:,} texts to encode, {len(run.plan.live_ids):,} rows of the cache kept")
+            f"{run.plan.added:,} texts to encode")
     return run
 
 
