@@ -98,12 +98,18 @@ class TeacherCache:
             raise CacheError(f"{self.location}: the cache holds no shard")
         # the version read: its shards and deleted rows (None: an unfinished cache read as it is, allow_partial)
         self.view: VersionView | None = None
+        self.view_problem: str | None = None
         if finished or version is not None:
             if not self.manifest.complete and version is None:
                 warn(f"{self.location}: an update of the cache was interrupted; reading version "
                      f"{self.manifest.versions[-1].version}, the newest finished one (rerun `tc encode` to finish)")
             folder = self.local_files() if any(v.file for v in self.manifest.versions) else self.directory
-            self.view = version_view(self.manifest, version, folder, self.location)
+            try:
+                self.view = version_view(self.manifest, version, folder, self.location)
+            except CacheIntegrityError as exc:
+                if not allow_partial or version is not None:
+                    raise
+                self.view_problem = str(exc)  # `verify` (which opens with allow_partial) reports it with the rest
         try:  # one shard's schema, cheap at any cache size; `verify` checks every shard
             problem = self.width_problem(0)
         except Exception:  # a missing or unreadable shard is named when it is read, and by `verify`
@@ -466,6 +472,8 @@ class TeacherCache:
             problem = file_problem(self.directory, rel, record)
             if problem:
                 problems.append(problem)
+        if self.view_problem and not any(self.view_problem.split(":")[0] in p for p in problems):
+            problems.append(self.view_problem)
         return problems + side_problems(self.directory, self.manifest)
 
     def verify_remote(self) -> list[str]:

@@ -286,3 +286,17 @@ def test_info_verify_and_probe_take_a_version(tmp_path, teacher_dir, capsys):
                            "--report", tmp_path / "probe", "--queries", "20", "--quiet")
     assert code == 0, err
     assert json.loads((tmp_path / "probe" / "report.json").read_text())["rows_probed"] == 300
+
+
+def test_a_changed_version_file_is_caught(tmp_path, teacher_dir, capsys):
+    corpus = write_corpus(tmp_path / "corpus.txt", LINES[:300])
+    out = tmp_path / "cache"
+    encode(corpus, out, teacher_dir)
+    write_corpus(corpus, edited(LINES[:300]))
+    encode(corpus, out, teacher_dir)
+    version_file = out / "versions" / "v00002.safetensors"
+    data = bytearray(version_file.read_bytes())
+    data[-3] ^= 0x01  # inside the deleted ids
+    version_file.write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "verify", out)
+    one_line(code, err, "v00002.safetensors", "checksum")
