@@ -73,7 +73,11 @@ class ShardWriter:
 
     def write(self, index: int, rows: ShardRows, generation: int = 0) -> tuple[Path, str]:
         """Write shard `index` (of `generation`, see shard_name) atomically; return its final path and sha256."""
-        final = self.directory / shard_name(index, self.fmt, generation)
+        return self.write_named(shard_name(index, self.fmt, generation), rows)
+
+    def write_named(self, name: str, rows: ShardRows) -> tuple[Path, str]:
+        """Write `rows` as `directory/name` (temporary name, fsync, rename); its final path and sha256."""
+        final = self.directory / name
         try:
             with atomic_path(final) as tmp:
                 if self.fmt == "arrow":

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from teacher_cache.base.atomic import atomic_path
-from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_line, reason
+from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_line
 from teacher_cache.cache_files import file_problem
 from teacher_cache.manifest import TEACHERS_DIR, CacheManifest, ShardInfo, SideTeacher
-from teacher_cache.shards import ShardRows, ShardWriter, column_widths, read_shard, sha256_file, vectors_of
+from teacher_cache.shards import ShardRows, ShardWriter, column_widths, read_shard, vectors_of
 
 # The side teacher's own outputs for each token of the MAIN teacher's vocabulary (vocab_main x dim): a static student
 # (which uses the main tokenizer) starts from them when it learns this teacher's vectors.
@@ -69,21 +68,6 @@ def covered(entry: SideTeacher, shards: list[ShardInfo]) -> int:
 
 class SideShardWriter(ShardWriter):
     """Writes side shards: id, the vector columns, n_tokens (no text, no key), under a given name, atomically."""
-
-    def write_named(self, name: str, rows: ShardRows) -> tuple[Path, str]:
-        """Write `rows` as `directory/name` (temporary name, fsync, rename); its path and sha256."""
-        final = self.directory / name
-        try:
-            with atomic_path(final) as tmp:
-                if self.fmt == "arrow":
-                    self._write_arrow(tmp, rows)
-                else:
-                    self._write_hdf5(tmp, rows)
-                checksum = sha256_file(tmp)
-        except OSError as exc:
-            raise CacheError(f"{final}: cannot write side shard ({reason(exc)}); the partial shard was removed, "
-                             "complete ones are kept: free space and rerun to resume") from None
-        return final, checksum
 
     def _write_arrow(self, path: Path, rows: ShardRows) -> None:
         columns = {"id": pa.array(rows.ids, pa.int64())}

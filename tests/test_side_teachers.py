@@ -229,7 +229,10 @@ def test_teacher_column_main_is_todays_training(side_cache, tmp_path):
     plain = train(TrainConfig(shards=str(side_cache), out=str(tmp_path / "a"), **args))
     named = train(TrainConfig(shards=str(side_cache), out=str(tmp_path / "b"), teacher_column=main, **args))
     assert plain["final"] == named["final"]
-    assert sha256_file(tmp_path / "a" / "model.safetensors") == sha256_file(tmp_path / "b" / "model.safetensors")
+    from safetensors.numpy import load_file  # tensor for tensor: the file's metadata order is not fixed
+
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("a", "b"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_bad_targets_are_one_line(side_cache, tmp_path, capsys):
