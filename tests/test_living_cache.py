@@ -262,12 +262,18 @@ def test_an_update_of_a_cache_in_a_bucket_fetches_only_keys(s3_env, tmp_path, te
     assert set(cache.texts()) == set(edited(LINES[:300]))
 
 
-def test_info_verify_and_probe_take_a_version(tmp_path, teacher_dir, capsys):
+def two_versions(tmp_path: Path, teacher_dir: Path) -> Path:
+    """A cache of the first 300 sample lines (version 1), then of their edited() form (version 2)."""
     corpus = write_corpus(tmp_path / "corpus.txt", LINES[:300])
     out = tmp_path / "cache"
     encode(corpus, out, teacher_dir)
     write_corpus(corpus, edited(LINES[:300]))
     encode(corpus, out, teacher_dir)
+    return out
+
+
+def test_info_verify_and_probe_take_a_version(tmp_path, teacher_dir, capsys):
+    out = two_versions(tmp_path, teacher_dir)
     code, shown, err = run_cli(capsys, "info", out)
     assert code == 0 and "1 (" in shown and "2 (" in shown and "+9 -10" in shown and "showing 2" in shown, err
     code, shown, err = run_cli(capsys, "info", out, "--version", "1")
@@ -289,11 +295,7 @@ def test_info_verify_and_probe_take_a_version(tmp_path, teacher_dir, capsys):
 
 
 def test_a_changed_version_file_is_caught(tmp_path, teacher_dir, capsys):
-    corpus = write_corpus(tmp_path / "corpus.txt", LINES[:300])
-    out = tmp_path / "cache"
-    encode(corpus, out, teacher_dir)
-    write_corpus(corpus, edited(LINES[:300]))
-    encode(corpus, out, teacher_dir)
+    out = two_versions(tmp_path, teacher_dir)
     version_file = out / "versions" / "v00002.safetensors"
     data = bytearray(version_file.read_bytes())
     data[-3] ^= 0x01  # inside the deleted ids
