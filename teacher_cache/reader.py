@@ -20,7 +20,7 @@ from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_lin
 from teacher_cache.base.lock import holder
 from teacher_cache.base.progress import warn
 from teacher_cache.cache_files import file_problem
-from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest, SideTeacher, VersionInfo
+from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
 from teacher_cache.remote_reader import (
     check_object_sizes,
     fetch_small_files,
@@ -30,17 +30,9 @@ from teacher_cache.remote_reader import (
 )
 from teacher_cache.shard_cache import ShardCache, parse_size
 from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
-from teacher_cache.side_teachers import (
-    covered,
-    main_name,
-    read_main_vocab_outputs,
-    read_side_vectors,
-    side_column,
-    side_problems,
-    unit_rows,
-)
+from teacher_cache.side_teachers import SideTeacherReads, side_problems
 from teacher_cache.storage import Store
-from teacher_cache.versions import VersionView, version_view
+from teacher_cache.versions import VersionReads, VersionView, version_view
 
 DEFAULT_CACHE_LIMIT = "20GB"  # the local shard cache of a remote cache (--cache-limit)
 # Shards a remote reader keeps from eviction: the one being read (readers copy rows out of a shard before the next;
@@ -58,8 +50,10 @@ class CacheBatch:
     n_tokens: np.ndarray | None = None
 
 
-class TeacherCache:
-    """An opened cache folder; reads shards lazily (Arrow shards are memory-mapped, never loaded whole)."""
+class TeacherCache(VersionReads, SideTeacherReads):
+    """An opened cache folder; reads shards lazily (Arrow shards are memory-mapped, never loaded whole). The rows of
+    the version read come from VersionReads (versions.py), the targets of several teachers from SideTeacherReads
+    (side_teachers.py)."""
 
     def __init__(self, directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
                  cache_dir: str | Path | None = None, cache_limit: str | int | None = None,
@@ -120,34 +114,6 @@ class TeacherCache:
     def __len__(self) -> int:
         """Number of (live) rows in the version read."""
         return self.view.info.rows if self.view is not None else sum(s.rows for s in self.manifest.shards)
-
-    @property
-    def shards(self) -> list:
-        """The ShardInfo of each shard of the version read, in id order."""
-        return self.view.shards if self.view is not None else self.manifest.shards
-
-    @property
-    def version(self) -> VersionInfo | None:
-        """The version read (None for an unfinished cache opened with allow_partial)."""
-        return self.view.info if self.view is not None else None
-
-    @property
-    def id_rows(self) -> int:
-        """Ids of the version read run over [0, id_rows) (deleted rows included)."""
-        return self.view.id_rows if self.view is not None else sum(s.rows for s in self.manifest.shards)
-
-    @property
-    def deleted_ids(self) -> np.ndarray:
-        """Sorted ids of the rows the version read no longer holds (texts that left the corpus)."""
-        return self.view.deleted if self.view is not None else np.zeros(0, dtype=np.int64)
-
-    def live(self, ids: np.ndarray) -> np.ndarray:
-        """Which of `ids` are rows of the version read."""
-        return self.view.live(ids) if self.view is not None else np.ones(len(ids), dtype=bool)
-
-    def row_counts(self, ids: np.ndarray) -> np.ndarray:
-        """How often each row's text occurred in the corpus of the version read (1 for most rows)."""
-        return self.view.counts(ids) if self.view is not None else np.ones(len(ids), dtype=np.int64)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -258,77 +224,6 @@ class TeacherCache:
                 return name
         raise CacheError(f"{self.location}: no vector column {column!r}; it holds "
                          f"{', '.join(f'{c} ({self.manifest.columns.get(c, c)})' for c in columns)}")
-
-    # ---- several teachers (side teachers: teacher_cache/side_teachers.py) ---------------------------------------
-
-    def teacher_names(self) -> list[str]:
-        """The teachers whose vectors the cache holds: the main one first, then each side teacher."""
-        return [main_name(self.manifest), *self.manifest.teachers]
-
-    def side_teacher(self, name: str) -> SideTeacher:
-        """Side teacher `name`'s entry, once it covers every shard of the version read; else one line."""
-        entry = self.manifest.teachers.get(name)
-        if entry is None:
-            raise CacheError(f"{self.location}: no teacher {name!r}; it holds {', '.join(self.teacher_names())}")
-        if self.remote:
-            raise CacheError(f"{self.location}: side teacher {name}: side teachers are read from local caches only "
-                             "(copy the cache to a folder first)")
-        done = covered(entry, self.shards)
-        if done < len(self.shards):
-            raise CacheError(f"{self.location}: side teacher {name} covers {done} of the {len(self.shards)} shards "
-                             f"of this version (the main teacher added rows since); run `tc encode --teacher "
-                             f"{entry.teacher} --out {self.location}` to add them")
-        return entry
-
-    def teacher_dim(self, name: str) -> int:
-        """Width of teacher `name`'s vectors."""
-        return self.manifest.dim if name == main_name(self.manifest) else self.side_teacher(name).dim
-
-    def target_dim(self, names: list[str]) -> int:
-        """Width of read_targets(..., names): the named teachers' widths summed."""
-        return sum(self.teacher_dim(n) for n in names)
-
-    def teacher_info(self, name: str, column: str | None = None) -> dict:
-        """What a student records of one teacher it learnt: name, weights hash, dim, column, pooling, normalized."""
-        if name == main_name(self.manifest):
-            m, col = self.manifest, self.vector_column(column)
-            return {"name": name, "teacher": m.teacher, "hash": m.teacher_hash, "dim": m.dim, "column": col,
-                    "pooling": m.columns.get(col), "normalized": m.normalize}
-        entry = self.side_teacher(name)
-        col = side_column(entry, name, column)
-        return {"name": name, "teacher": entry.teacher, "hash": entry.teacher_hash, "dim": entry.dim, "column": col,
-                "pooling": entry.columns.get(col), "normalized": entry.normalize}
-
-    def tokenizer_differs(self, name: str) -> bool:
-        """Whether side teacher `name`'s tokenizer (tokenizer.json) is not the main teacher's."""
-        entry = self.side_teacher(name)
-        mine = self.manifest.files.get(f"{self.manifest.tokenizer_dir or 'tokenizer'}/tokenizer.json", {})
-        theirs = entry.files.get(f"{entry.folder}/tokenizer/tokenizer.json", {})
-        return mine.get("sha256") != theirs.get("sha256")
-
-    def read_targets(self, index: int, names: list[str], column: str | None = None) -> np.ndarray:
-        """float32 (rows, dim) targets of shard `index`'s rows, in row order: one teacher's vectors as stored, or
-        the concatenation of each named teacher's L2-normalised vectors (the main teacher's from the main shard, a
-        side teacher's from its aligned side shard); `column` a pooling or column name (None: each one's first)."""
-        main, parts = main_name(self.manifest), []
-        for name in names:
-            if name == main:
-                col = self.vector_column(column)
-                parts.append(vectors_of(self.read_shard(index, [col]), col))
-            else:
-                entry = self.side_teacher(name)
-                parts.append(read_side_vectors(self.directory, entry, name, self.shards[index], index,
-                                               side_column(entry, name, column), self.location))
-        if len(parts) == 1:
-            return np.array(parts[0], dtype=np.float32)
-        return np.concatenate([unit_rows(p) for p in parts], axis=1)
-
-    def vocab_outputs(self, name: str) -> np.ndarray | None:
-        """Teacher `name`'s output for each token of the main vocabulary (vocab x dim, float32): the main
-        teacher's token outputs (None when not cached), a side teacher's main_vocab_outputs."""
-        if name == main_name(self.manifest):
-            return self.token_outputs()
-        return read_main_vocab_outputs(self.directory, self.side_teacher(name), name)
 
     def width_problem(self, index: int) -> str | None:
         """How shard `index`'s vector columns disagree with the manifest's dim (read from its schema), or None."""

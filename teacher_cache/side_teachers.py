@@ -185,3 +185,82 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows L2-normalised (float32; an all-zero row stays zero)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class SideTeacherReads:
+    """What TeacherCache reads of several teachers: their names, entries, widths, and one shard's targets (it
+    relies on TeacherCache's manifest, location, directory, shards, vector_column, read_shard, token_outputs)."""
+
+    manifest: CacheManifest
+    location: str
+    remote: bool
+    directory: Path
+
+    def teacher_names(self) -> list[str]:
+        """The teachers whose vectors the cache holds: the main one first, then each side teacher."""
+        return [main_name(self.manifest), *self.manifest.teachers]
+
+    def side_teacher(self, name: str) -> SideTeacher:
+        """Side teacher `name`'s entry, once it covers every shard of the version read; else one line."""
+        entry = self.manifest.teachers.get(name)
+        if entry is None:
+            raise CacheError(f"{self.location}: no teacher {name!r}; it holds {', '.join(self.teacher_names())}")
+        if self.remote:
+            raise CacheError(f"{self.location}: side teacher {name}: side teachers are read from local caches only "
+                             "(copy the cache to a folder first)")
+        done = covered(entry, self.shards)
+        if done < len(self.shards):
+            raise CacheError(f"{self.location}: side teacher {name} covers {done} of the {len(self.shards)} shards "
+                             f"of this version (the main teacher added rows since); run `tc encode --teacher "
+                             f"{entry.teacher} --out {self.location}` to add them")
+        return entry
+
+    def teacher_dim(self, name: str) -> int:
+        """Width of teacher `name`'s vectors."""
+        return self.manifest.dim if name == main_name(self.manifest) else self.side_teacher(name).dim
+
+    def target_dim(self, names: list[str]) -> int:
+        """Width of read_targets(..., names): the named teachers' widths summed."""
+        return sum(self.teacher_dim(n) for n in names)
+
+    def teacher_info(self, name: str, column: str | None = None) -> dict:
+        """What a student records of one teacher it learnt: name, weights hash, dim, column, pooling, normalized."""
+        if name == main_name(self.manifest):
+            m, col = self.manifest, self.vector_column(column)
+            return {"name": name, "teacher": m.teacher, "hash": m.teacher_hash, "dim": m.dim, "column": col,
+                    "pooling": m.columns.get(col), "normalized": m.normalize}
+        entry = self.side_teacher(name)
+        col = side_column(entry, name, column)
+        return {"name": name, "teacher": entry.teacher, "hash": entry.teacher_hash, "dim": entry.dim, "column": col,
+                "pooling": entry.columns.get(col), "normalized": entry.normalize}
+
+    def tokenizer_differs(self, name: str) -> bool:
+        """Whether side teacher `name`'s tokenizer (tokenizer.json) is not the main teacher's."""
+        entry = self.side_teacher(name)
+        mine = self.manifest.files.get(f"{self.manifest.tokenizer_dir or 'tokenizer'}/tokenizer.json", {})
+        theirs = entry.files.get(f"{entry.folder}/tokenizer/tokenizer.json", {})
+        return mine.get("sha256") != theirs.get("sha256")
+
+    def read_targets(self, index: int, names: list[str], column: str | None = None) -> np.ndarray:
+        """float32 (rows, dim) targets of shard `index`'s rows, in row order: one teacher's vectors as stored, or
+        the concatenation of each named teacher's L2-normalised vectors (the main teacher's from the main shard, a
+        side teacher's from its aligned side shard); `column` a pooling or column name (None: each one's first)."""
+        main, parts = main_name(self.manifest), []
+        for name in names:
+            if name == main:
+                col = self.vector_column(column)
+                parts.append(vectors_of(self.read_shard(index, [col]), col))
+            else:
+                entry = self.side_teacher(name)
+                parts.append(read_side_vectors(self.directory, entry, name, self.shards[index], index,
+                                               side_column(entry, name, column), self.location))
+        if len(parts) == 1:
+            return np.array(parts[0], dtype=np.float32)
+        return np.concatenate([unit_rows(p) for p in parts], axis=1)
+
+    def vocab_outputs(self, name: str) -> np.ndarray | None:
+        """Teacher `name`'s output for each token of the main vocabulary (vocab x dim, float32): the main
+        teacher's token outputs (None when not cached), a side teacher's main_vocab_outputs."""
+        if name == main_name(self.manifest):
+            return self.token_outputs()
+        return read_main_vocab_outputs(self.directory, self.side_teacher(name), name)

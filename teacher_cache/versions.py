@@ -150,3 +150,38 @@ def read_version_file(path: Path, id_rows: int) -> tuple[np.ndarray, np.ndarray,
     if dup_counts.shape != dup_ids.shape or (len(dup_counts) and dup_counts.min() < 2):
         raise CacheIntegrityError(f"{path}: dup_counts do not match dup_ids; run `tc verify`")
     return deleted, dup_ids, dup_counts
+
+
+class VersionReads:
+    """What TeacherCache reads of the version it opened (`self.view`; None: an unfinished cache read as it is)."""
+
+    view: VersionView | None
+    manifest: CacheManifest
+
+    @property
+    def shards(self) -> list:
+        """The ShardInfo of each shard of the version read, in id order."""
+        return self.view.shards if self.view is not None else self.manifest.shards
+
+    @property
+    def version(self) -> VersionInfo | None:
+        """The version read (None for an unfinished cache opened with allow_partial)."""
+        return self.view.info if self.view is not None else None
+
+    @property
+    def id_rows(self) -> int:
+        """Ids of the version read run over [0, id_rows) (deleted rows included)."""
+        return self.view.id_rows if self.view is not None else sum(s.rows for s in self.manifest.shards)
+
+    @property
+    def deleted_ids(self) -> np.ndarray:
+        """Sorted ids of the rows the version read no longer holds (texts that left the corpus)."""
+        return self.view.deleted if self.view is not None else np.zeros(0, dtype=np.int64)
+
+    def live(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are rows of the version read."""
+        return self.view.live(ids) if self.view is not None else np.ones(len(ids), dtype=bool)
+
+    def row_counts(self, ids: np.ndarray) -> np.ndarray:
+        """How often each row's text occurred in the corpus of the version read (1 for most rows)."""
+        return self.view.counts(ids) if self.view is not None else np.ones(len(ids), dtype=np.int64)
