@@ -271,3 +271,19 @@ def test_a_newer_main_version_leaves_the_side_teacher_behind(side_cache, teacher
     assert after["shards"][:3] == before["shards"][:3] and len(after["shards"]) == 4 and after["complete"]
     code, out, err = run_cli(capsys, "verify", cache)
     assert code == 0, err
+
+
+def test_a_second_cache_of_the_same_two_teachers_reuses_the_vocabulary_outputs(side_cache, tiny_cache, teacher_b,
+                                                                              tmp_path, monkeypatch):
+    import teacher_cache.encode.side_teacher as side_module
+
+    calls = []
+    original = side_module.main_vocab_outputs
+    monkeypatch.setattr(side_module, "main_vocab_outputs", lambda *a, **k: calls.append(1) or original(*a, **k))
+    again = tmp_path / "again"
+    shutil.copytree(tiny_cache, again)
+    add_b(again, teacher_b)
+    assert calls == []  # kept in the user cache by side_cache's encode, per (side teacher, main tokenizer)
+    name = side_entry(again)[0]
+    file = f"teachers/{name}/main_vocab_outputs.safetensors"
+    assert sha256_file(again / file) == sha256_file(side_cache / file)

@@ -26,10 +26,10 @@ from teacher_cache.encode.batching import BatchEncoder, resolve_precision
 from teacher_cache.encode.config import EncodeConfig
 from teacher_cache.encode.corpus import DEFAULT_CORPUS, CorpusStats
 from teacher_cache.encode.teacher import Teacher
-from teacher_cache.encode.token_outputs import mean_output, save_token_outputs
+from teacher_cache.encode.token_outputs import keep_shared_copy, load_shared_copy, mean_output, save_token_outputs
 from teacher_cache.fingerprint import corpus_fingerprint, fingerprint_like, is_legacy_fingerprint
 from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, CacheManifest, ShardInfo, SideTeacher, embedding_column
-from teacher_cache.shards import ShardRows, read_shard
+from teacher_cache.shards import ShardRows, read_shard, sha256_file
 from teacher_cache.side_teachers import (
     MAIN_VOCAB_OUTPUTS_FILE,
     MAIN_VOCAB_OUTPUTS_KEY,
@@ -222,9 +222,10 @@ def save_side_files(out: Path, teacher: Teacher, teacher_hash: str, entry: SideT
         save_token_outputs(teacher, folder, teacher_hash)
         target = folder / MAIN_VOCAB_OUTPUTS_FILE
         if not target.exists():
-            matrix = main_vocab_outputs(teacher, out / (manifest.tokenizer_dir or "tokenizer") / "tokenizer.json")
+            matrix = kept_main_vocab_outputs(teacher, teacher_hash, out / (manifest.tokenizer_dir or "tokenizer")
+                                             / "tokenizer.json")
             with atomic_path(target) as tmp:
-                save_file({MAIN_VOCAB_OUTPUTS_KEY: matrix.astype(np.float16)}, str(tmp))
+                save_file({MAIN_VOCAB_OUTPUTS_KEY: matrix}, str(tmp))
     except Exception as exc:  # OSError, or safetensors' own error type for a full disk
         raise CacheError(f"{target}: cannot write ({reason(exc)}); complete side shards are kept: fix this and "
                          "rerun to resume") from None
@@ -233,6 +234,18 @@ def save_side_files(out: Path, teacher: Teacher, teacher_hash: str, entry: SideT
     for rel in names:
         if rel not in entry.files:
             entry.files[rel] = file_record(out / rel)
+
+
+def kept_main_vocab_outputs(teacher: Teacher, teacher_hash: str, tokenizer_json: Path) -> np.ndarray:
+    """main_vocab_outputs as float16, kept in the user cache per (side teacher, main tokenizer) like the token
+    outputs, so a second cache of the same two teachers does not run the vocabulary again."""
+    key = f"{teacher_hash}-{sha256_file(tokenizer_json)[:16]}"
+    shape = (len(main_vocab_words(tokenizer_json)), teacher.dim)
+    matrix = load_shared_copy(key, shape, "main-vocab-outputs", MAIN_VOCAB_OUTPUTS_KEY)
+    if matrix is None:
+        matrix = main_vocab_outputs(teacher, tokenizer_json).astype(np.float16)
+        keep_shared_copy(key, matrix, "main-vocab-outputs", MAIN_VOCAB_OUTPUTS_KEY)
+    return matrix
 
 
 def main_vocab_words(tokenizer_json: Path) -> list[str]:

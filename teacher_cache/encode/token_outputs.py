@@ -56,22 +56,25 @@ def mean_output(teacher: Teacher, input_ids: torch.Tensor) -> np.ndarray:
     return hidden.mean(dim=1).cpu().numpy()
 
 
-def shared_copy_path(teacher_hash: str) -> Path:
-    """The user-cache file of one teacher's token outputs (the hash is hex, so the name stays in its folder)."""
-    if not teacher_hash or not all(c in "0123456789abcdef" for c in teacher_hash):
+def shared_copy_path(teacher_hash: str, kind: str = "token-outputs") -> Path:
+    """The user-cache file of one teacher's token outputs (or other per-teacher matrix `kind`); the hash is hex
+    (a '-' may join two), so the name stays in its folder."""
+    if not teacher_hash or not all(c in "0123456789abcdef-" for c in teacher_hash):
         raise ValueError(f"not a weights hash: {teacher_hash!r}")
-    return user_cache_dir() / "token-outputs" / f"{teacher_hash}.safetensors"
+    return user_cache_dir() / kind / f"{teacher_hash}.safetensors"
 
 
-def load_shared_copy(teacher_hash: str, shape: tuple[int, int]) -> np.ndarray | None:
-    """The kept token outputs of this teacher when they are there and well formed (shape, float16, finite)."""
+def load_shared_copy(teacher_hash: str, shape: tuple[int, int], kind: str = "token-outputs",
+                     key: str = TOKEN_OUTPUTS_KEY) -> np.ndarray | None:
+    """The kept token outputs (or `kind`) of this teacher when they are there and well formed (shape, float16,
+    finite)."""
     from safetensors.numpy import load_file
 
-    path = shared_copy_path(teacher_hash)
+    path = shared_copy_path(teacher_hash, kind)
     try:
         if path.is_symlink() or not path.is_file():
             return None
-        matrix = load_file(str(path)).get(TOKEN_OUTPUTS_KEY)
+        matrix = load_file(str(path)).get(key)
     except Exception:  # unreadable or truncated: computed again and replaced
         return None
     if matrix is None or matrix.shape != shape or matrix.dtype != np.float16 or not np.isfinite(matrix).all():
@@ -79,21 +82,22 @@ def load_shared_copy(teacher_hash: str, shape: tuple[int, int]) -> np.ndarray | 
     return matrix
 
 
-def keep_shared_copy(teacher_hash: str, matrix: np.ndarray) -> None:
-    """Keep the token outputs in the user cache for the next cache of this teacher (best effort: a failure only
-    means they are computed again next time)."""
+def keep_shared_copy(teacher_hash: str, matrix: np.ndarray, kind: str = "token-outputs",
+                     key: str = TOKEN_OUTPUTS_KEY) -> None:
+    """Keep the token outputs (or `kind`) in the user cache for the next cache of this teacher (best effort: a
+    failure only means they are computed again next time)."""
     from safetensors.numpy import save_file
 
-    path = shared_copy_path(teacher_hash)
+    path = shared_copy_path(teacher_hash, kind)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two encodes may race here
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fresh_file(tmp)  # a predictable name: a link planted there is replaced, never written through
-        save_file({TOKEN_OUTPUTS_KEY: matrix}, str(tmp))
+        save_file({key: matrix}, str(tmp))
         os.replace(tmp, path)
     except Exception as exc:  # a read-only home or a full disk must not fail the encode
         tmp.unlink(missing_ok=True)
-        note(f"could not keep the token outputs in {path.parent} ({exc}); they are computed again next time")
+        note(f"could not keep the {kind} in {path.parent} ({exc}); they are computed again next time")
 
 
 def save_token_outputs(teacher: Teacher, out: Path, teacher_hash: str | None = None) -> bool:
