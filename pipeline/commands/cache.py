@@ -41,8 +41,8 @@ def encode(
 
     Example: tc encode --corpus wiki.txt.gz --out out/ --pooling mean,cls --shard-size 50000
 
-    Example: tc encode --corpus wiki-2026-12.txt.gz --out out/ --pooling mean,cls --shard-size 50000  (the next
-    month: only its new texts are encoded)
+    Example: tc encode --corpus 'wiki/*.txt.gz' --out out/ --pooling mean  (rerun next month with a new file in
+    wiki/: only the texts out/ lacks are encoded; the corpus named is the whole of the new version)
 
     Example: tc encode --teacher sentence-transformers/all-mpnet-base-v2 --out out/ --pooling mean
 
