@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from teacher_cache.base.atomic import atomic_path
 from teacher_cache.base.errors import CacheError, UserError, first_line
@@ -113,8 +114,11 @@ def count_words(cache: TeacherCache, tokenizer: Tokenizer, quiet: bool = False) 
     counts: Counter = Counter()
     progress = Progress("vocab: counting words", len(cache), "rows", quiet=quiet)
     rows = 0
-    for index in range(len(cache.manifest.shards)):
+    for index, info in enumerate(cache.shards):  # the version read, less the rows it deleted
         texts = cache.read_shard(index, ["text"]).column("text")
+        live = cache.live(np.arange(info.id_start, info.id_end + 1))
+        if not live.all():
+            texts = texts.filter(pa.array(live))
         for start in range(0, len(texts), TEXT_SLICE):
             chunk = texts.slice(start, TEXT_SLICE).to_pylist()
             for text in chunk:
@@ -171,10 +175,13 @@ def compute_word_outputs(teacher: Teacher, pieces: list[list[int]], batch_size: 
 
 
 def shards_key(manifest: CacheManifest) -> str:
-    """A digest of the cache's shards (names, rows, checksums): the texts the words were counted on."""
+    """A digest of the cache's shards (names, rows, checksums) and newest version: the texts the words were counted
+    on."""
     digest = hashlib.sha256()
     for s in manifest.shards:
         digest.update(f"{s.file}:{s.rows}:{s.sha256}\n".encode())
+    for v in manifest.versions[-1:]:  # an update that only removed rows adds no shard, but changes the texts
+        digest.update(f"version {v.version}:{v.rows}\n".encode())
     return digest.hexdigest()[:32]
 
 
