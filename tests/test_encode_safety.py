@@ -95,8 +95,12 @@ def test_rerun_with_other_settings_is_refused_and_force_restarts(tmp_path, teach
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     other_corpus = tmp_path / "other.txt"
     other_corpus.write_text("A different sentence.\n")
-    # another corpus is a change of the corpus: a new version with only its text (the old one stays readable)
+    # another corpus is a change of the corpus; one that drops most rows asks first (the whole corpus is named)
     code, _, err = run_cli(capsys, *base_args(teacher_dir, other_corpus, out, "--shard-size", "100"))
+    assert_one_line_error(code, err, "would drop 300 of the 300 rows of version 1", "--allow-removals")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    code, _, err = run_cli(capsys, *base_args(teacher_dir, other_corpus, out, "--shard-size", "100",
+                                              "--allow-removals"))
     assert code == 0, err
     newest = open_cache(out).version
     assert (newest.version, newest.rows, newest.added, newest.removed) == (2, 1, 1, 300)

@@ -44,6 +44,8 @@ class EncodeConfig(Checked):
     bad_utf8: str = setting("replace", "Lines with invalid UTF-8: replace, skip or error.")
     max_rows: int | None = setting(None, "Encode only the first N rows.", check=count(1))
     force: bool = setting(False, "Overwrite a cache made with other settings.")
+    allow_removals: bool = setting(False, "Let an update drop more than half of the newest version's rows (the "
+                                          "corpus named is the whole of the new version, not only new files).")
     quiet: bool = setting(False, "No progress on stderr.")
     online: bool = setting(False, "Allow downloading a hub teacher (offline by default).")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from teacher_cache.base.atomic import atomic_path
-from teacher_cache.base.errors import CacheError, CorpusError, reason
+from teacher_cache.base.errors import CacheError, CacheMismatchError, CorpusError, reason
 from teacher_cache.base.progress import Progress, log, warn
 from teacher_cache.cache_writer import CacheWriter
 from teacher_cache.encode.batching import BatchEncoder, resolve_precision
@@ -246,6 +246,7 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
     if manifest.shards:
         log(f"{out}: reading the keys of {len(manifest.shards)} shards")
     run.plan = plan_changes(corpus_keys, cache_keys(manifest.shards, writer.read_columns))
+    check_removals(run, cfg, files)
     run.done_rows = sum(s.rows for s in manifest.shards)
     run.total_rows = run.done_rows + run.plan.added
     again = iter_corpus(files, cfg.text_column, cfg.bad_utf8, max_chars=max_length * 100, stats=CorpusStats())
@@ -260,6 +261,20 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
         log(f"{out}: resuming after {len(manifest.shards)} complete shards ({run.done_rows:,} rows): "
             f"{run.plan.added:,} texts to encode")
     return run
+
+
+def check_removals(run: EncodeRun, cfg: EncodeConfig, files: list[Path]) -> None:
+    """Refuse, before anything is written, an update that drops most of the newest version: the usual cause is a
+    corpus named by its new file alone (the corpus named is the whole of the new version)."""
+    previous = run.previous
+    if previous is None or cfg.allow_removals:
+        return
+    removed = run.plan.removed_from(previous)
+    if previous.info.rows and removed * 2 > previous.info.rows:
+        raise CacheMismatchError(
+            f"--corpus {', '.join(map(str, files[:3]))}{', ...' if len(files) > 3 else ''}: would drop {removed:,} "
+            f"of the {previous.info.rows:,} rows of version {previous.info.version} (the corpus named is the whole "
+            "of the new version: name every file, not only the new ones); pass --allow-removals if that is meant")
 
 
 def corpus_changed(existing: CacheManifest, files: list[Path], cfg: EncodeConfig) -> bool:
