@@ -78,6 +78,7 @@ class EncodeRun:
     started: bool = False  # True once this run has written into `out`
     plan: ChangePlan | None = None  # the texts to encode and the version they make (versions.py)
     previous: VersionView | None = None  # the newest finished version before this run
+    removed: int = 0  # rows of `previous` the new version no longer holds
     total_rows: int | None = None  # rows the cache will have once this run is done (for progress)
 
     def begin_writing(self) -> None:
@@ -158,7 +159,6 @@ class EncodeRun:
         report_stats(self.cfg, stats, max_chars=self.max_length * 100)  # the cut iter_corpus was given
         return manifest
 
-
     def add_version(self) -> VersionInfo:
         """Record the version this run made: its file of deleted ids and duplicate counts, then its entry."""
         manifest, plan, previous = self.manifest, self.plan, self.previous
@@ -170,7 +170,7 @@ class EncodeRun:
         info = VersionInfo(version=number, shards=len(manifest.shards), rows=id_rows - len(deleted),
                            corpus_fingerprint=manifest.corpus_fingerprint, corpus_files=list(manifest.corpus_files),
                            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), added=added,
-                           removed=plan.removed_from(previous), seen=plan.corpus_rows, duplicates=plan.duplicates,
+                           removed=self.removed, seen=plan.corpus_rows, duplicates=plan.duplicates,
                            file=file)
         manifest.versions.append(info)
         if previous is not None or info.duplicates or len(deleted):
@@ -225,7 +225,7 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
                     max_length=max_length, precision=precision, manifest=manifest, stats=CorpusStats(), chunks=None,
                     replacing=replacing)
     if existing is not None:
-        if existing.complete and corpus_changed(existing, files, cfg):
+        if existing.complete and corpus_changed(existing, files, cfg, fingerprint):
             existing.versions = existing.all_versions()  # a format-1 cache: its one version, made explicit
             existing.complete = False
             log(f"{out}: the corpus changed since version {existing.versions[-1].version}; encoding only the "
@@ -246,6 +246,7 @@ def _start_encode(cfg: EncodeConfig, files: list[Path], writer: CacheWriter, dev
     if manifest.shards:
         log(f"{out}: reading the keys of {len(manifest.shards)} shards")
     run.plan = plan_changes(corpus_keys, cache_keys(manifest.shards, writer.read_columns))
+    run.removed = run.plan.removed_from(run.previous)
     check_removals(run, cfg, files)
     run.done_rows = sum(s.rows for s in manifest.shards)
     run.total_rows = run.done_rows + run.plan.added
@@ -269,7 +270,7 @@ def check_removals(run: EncodeRun, cfg: EncodeConfig, files: list[Path]) -> None
     previous = run.previous
     if previous is None or cfg.allow_removals:
         return
-    removed = run.plan.removed_from(previous)
+    removed = run.removed
     if previous.info.rows and removed * 2 > previous.info.rows:
         raise CacheMismatchError(
             f"--corpus {', '.join(map(str, files[:3]))}{', ...' if len(files) > 3 else ''}: would drop {removed:,} "
@@ -277,14 +278,13 @@ def check_removals(run: EncodeRun, cfg: EncodeConfig, files: list[Path]) -> None
             "of the new version: name every file, not only the new ones); pass --allow-removals if that is meant")
 
 
-def corpus_changed(existing: CacheManifest, files: list[Path], cfg: EncodeConfig) -> bool:
-    """Whether the corpus (or --max-rows) differs from what the cache's newest version was made from."""
+def corpus_changed(existing: CacheManifest, files: list[Path], cfg: EncodeConfig, fingerprint: str) -> bool:
+    """Whether the corpus (its full `fingerprint`) or --max-rows differs from what the cache's newest version was
+    made from."""
     recorded = existing.corpus_fingerprint
     if recorded and is_legacy_fingerprint(recorded):  # an older cache's cheap fingerprint: compared in its kind
-        changed = fingerprint_like(recorded, files, cfg.text_column) != recorded
-    else:
-        changed = corpus_fingerprint(files, cfg.text_column) != recorded
-    return changed or existing.extra.get("max_rows") != cfg.max_rows
+        fingerprint = fingerprint_like(recorded, files, cfg.text_column)
+    return fingerprint != recorded or existing.extra.get("max_rows") != cfg.max_rows
 
 
 def encode_corpus(cfg: EncodeConfig) -> CacheManifest:
