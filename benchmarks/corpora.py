@@ -14,6 +14,9 @@ Writes, one sentence per line:
   distill-new.txt  every other line of those three files (never a probe-mix line, none already in distill.txt) in
                  one seeded shuffle across sources (a book's lines are spread over every shard): grows the
                  students' text to ~4.4M sentences with `--shards cache-distill --shards cache-new`
+  distill-new-wiki.txt  distill-new.txt without the lines of the Gutenberg file, in the same order: with
+                 distill.txt, the Wikipedia-only corpus of the data curve's by-source rows (an update of the
+                 cache that removes the books)
 then the caches are, e.g.:
   tc encode --corpus benchmarks/work/train100k.txt --out benchmarks/work/cache100k --pooling mean,cls --shard-size 10000
   tc encode --corpus benchmarks/work/rest900k.txt --out benchmarks/work/cache900k --pooling mean
@@ -115,6 +118,8 @@ def write_new_sources(corpus: Path, out: Path, taken: set[str]) -> None:
     random.Random(1).shuffle(new)
     write_lines(out / "probe-mix.txt", probe_mix)
     write_lines(out / "distill-new.txt", new)
+    books = {line.strip() for line in gz_lines(corpus / NEW_SOURCES[-1])}
+    write_lines(out / "distill-new-wiki.txt", [text for text in new if text not in books])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """A data curve a user can read: one recipe trained on growing slices of one cache, scored at each size.
 
 Usage: .venv/bin/python -m benchmarks.data_curve --cache CACHE --label LABEL [--recipes static ...]
-           [--rows 100000,400000,1000000,2000000,all] [--probe-cache PROBE] [--plot curve.png] [--table]
+           [--rows 100000,400000,1000000,2000000,all] [--version N] [--probe-cache PROBE] [--plot curve.png]
+           [--table]
 
 Example: .venv/bin/python -m benchmarks.data_curve --cache benchmarks/work/cache-new --label wikipedia+books \\
              --recipes static --probe-cache benchmarks/work/probe-mix --plot benchmarks/results/data_curve.png --table
@@ -10,8 +11,11 @@ Each size runs `tc train-student --shards CACHE --recipe R --max-rows N --out be
 no --max-rows), then scores the student on STS-B dev and STS-B test (Spearman x100 of cosine; test is reported,
 never tuned on) and on kNN@10 agreement with the teacher on a held-out probe cache (`tc probe`). Every finished
 row (recipe, rows, label, dev, test, knn@10, train_s, rows_seen, machine) is appended at once to --results and
-skipped on a rerun, so a curve can span sessions; --plot draws dev, test and kNN@10 against rows (log x), one
-line per (recipe, label); --table prints a markdown table of every row in --results.
+skipped on a rerun, so a curve can span sessions. With --version N the run reads that version of a living cache
+(`tc encode` updates) and a size counts its live rows: --max-rows becomes the id below which N of them lie, so a
+version that removed rows (say, the books) is compared with another at the same number of sentences. --plot draws
+dev, test and kNN@10 against rows (log x), one line per (recipe, label); --table prints a markdown table of every
+row in --results.
 """
 
 from __future__ import annotations
@@ -42,6 +46,24 @@ def key(row: dict) -> tuple:
     return row["recipe"], str(row["rows"]), row["label"], row["cache"]
 
 
+def id_cutoff(cache_path: str, version: int | None, live_rows: int) -> int:
+    """The smallest id below which `live_rows` rows of the cache's `version` lie (its id count if it has fewer)."""
+    import numpy as np
+
+    from teacher_cache.reader import open_cache
+
+    cache = open_cache(cache_path, version=version)
+    deleted = np.asarray(cache.deleted_ids)
+    lo, hi = min(live_rows, cache.id_rows), cache.id_rows
+    while lo < hi:  # live rows below c: c - (deleted ids below c), non-decreasing in c
+        mid = (lo + hi) // 2
+        if mid - int(np.searchsorted(deleted, mid)) >= live_rows:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def run(cmd: list[str]) -> None:
     """Run one tc command; on failure, stop with its stderr."""
     print("  $ " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -55,18 +77,20 @@ def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
     from pipeline.sts import load_task, sts_spearman
     from student import Student
 
-    out = WORK / f"{recipe}-{rows}"
+    out = WORK / (f"{recipe}-{rows}" + (f"-v{args.version}" if args.version else ""))
     cmd = [TC, "train-student", "--shards", args.cache, "--recipe", recipe, "--out", str(out), "--force",
            "--quiet", "--checkpoint-every", "0"]
+    if args.version:
+        cmd += ["--version", str(args.version)]
     if rows != "all":
-        cmd += ["--max-rows", rows]
+        cmd += ["--max-rows", str(id_cutoff(args.cache, args.version, int(rows)) if args.version else rows)]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     cmd += [a for extra in args.train_arg for a in extra.split("=", 1)]  # e.g. --train-arg=--vocab-words=20000
     run(cmd)
     metrics = json.loads((out / "metrics.json").read_text())
 
-    report = WORK / f"{recipe}-{rows}-probe"
+    report = out.with_name(out.name + "-probe")
     run([TC, "probe", "--shards", args.probe_cache, "--student", str(out), "--report", str(report), "--k", "10",
          "--max-rows", str(args.probe_rows), "--quiet"])
     knn = json.loads((report / "report.json").read_text())["knn@10_agreement"]
@@ -82,7 +106,8 @@ def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
             "test": round(sts_spearman(encode, load_task("sts-b")), 2),
             "knn@10": round(knn, 4), "train_s": metrics["train_seconds"], "rows_seen": metrics["rows_seen"],
             "epochs": metrics["epochs"], "cache": args.cache, "probe_cache": args.probe_cache,
-            "probe_rows": args.probe_rows, "machine": machine()}
+            "probe_rows": args.probe_rows, **({"version": args.version} if args.version else {}),
+            "machine": machine()}
 
 
 def table(rows: list[dict]) -> str:
@@ -131,6 +156,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["static"], help="tc train-student --recipe values")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated sizes, 'all' = the whole cache "
                         f"(default {DEFAULT_ROWS})")
+    parser.add_argument("--version", type=int, default=0,
+                        help="read this version of the cache; sizes count its live rows (default: the newest)")
     parser.add_argument("--epochs", type=int, default=0, help="passed to tc train-student (default: the recipe's)")
     parser.add_argument("--train-arg", action="append", default=[],
                         help="another tc train-student option, as --train-arg=--vocab-words=20000 (repeatable); "
