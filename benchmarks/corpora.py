@@ -11,6 +11,8 @@ Writes, one sentence per line:
                  drawn from the same sources (MRPC, STS-B)
   probe-mix.txt  held out from the three newer files (Wikipedia 2014, Wikipedia 2018, Gutenberg books): every 60th
                  line of each, first 3,000 per source interleaved: the held-out mix kNN agreement is checked on
+  probe-wiki.txt the 6,000 Wikipedia lines of probe-mix.txt (its books left out): held-out Wikipedia alone, so
+                 that a genre mix which helps STS-B but hurts kNN agreement on Wikipedia shows
   distill-new.txt  every other line of those three files (never a probe-mix line, none already in distill.txt) in
                  one seeded shuffle across sources (a book's lines are spread over every shard): grows the
                  students' text to ~4.4M sentences with `--shards cache-distill --shards cache-new`
@@ -117,6 +119,7 @@ def write_new_sources(corpus: Path, out: Path, taken: set[str]) -> None:
             new.append(text)
     random.Random(1).shuffle(new)
     write_lines(out / "probe-mix.txt", probe_mix)
+    write_lines(out / "probe-wiki.txt", [text for group in zip(*probes[:2], strict=False) for text in group])
     write_lines(out / "distill-new.txt", new)
     books = {line.strip() for line in gz_lines(corpus / NEW_SOURCES[-1])}
     write_lines(out / "distill-new-wiki.txt", [text for text in new if text not in books])

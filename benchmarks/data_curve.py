@@ -72,6 +72,13 @@ def run(cmd: list[str]) -> None:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
 
 
+def probe(probe_cache: str, student: Path, report: Path, max_rows: int) -> float:
+    """kNN@10 agreement of `student` with the teacher on `probe_cache` (tc probe)."""
+    run([TC, "probe", "--shards", probe_cache, "--student", str(student), "--report", str(report), "--k", "10",
+         "--max-rows", str(max_rows), "--quiet"])
+    return json.loads((report / "report.json").read_text())["knn@10_agreement"]
+
+
 def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
     """Train one recipe on the first `rows` rows of the cache, score it; return its row."""
     from pipeline.sts import load_task, sts_spearman
@@ -90,10 +97,9 @@ def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
     run(cmd)
     metrics = json.loads((out / "metrics.json").read_text())
 
-    report = out.with_name(out.name + "-probe")
-    run([TC, "probe", "--shards", args.probe_cache, "--student", str(out), "--report", str(report), "--k", "10",
-         "--max-rows", str(args.probe_rows), "--quiet"])
-    knn = json.loads((report / "report.json").read_text())["knn@10_agreement"]
+    knn = probe(args.probe_cache, out, out.with_name(out.name + "-probe"), args.probe_rows)
+    extra = {f"knn@10 {name}": round(probe(path, out, out.with_name(f"{out.name}-probe-{name}"), args.probe_rows), 4)
+             for name, path in (spec.split("=", 1) for spec in args.extra_probe)}
 
     model = Student.from_pretrained(out)
 
@@ -104,19 +110,22 @@ def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
             "rows_used": metrics["train_rows"] + metrics["val_rows"],
             "dev": round(sts_spearman(encode, load_task("sts-b-dev")), 2),
             "test": round(sts_spearman(encode, load_task("sts-b")), 2),
-            "knn@10": round(knn, 4), "train_s": metrics["train_seconds"], "rows_seen": metrics["rows_seen"],
+            "knn@10": round(knn, 4), **extra, "train_s": metrics["train_seconds"], "rows_seen": metrics["rows_seen"],
             "epochs": metrics["epochs"], "cache": args.cache, "probe_cache": args.probe_cache,
             "probe_rows": args.probe_rows, **({"version": args.version} if args.version else {}),
             "machine": machine()}
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table of every measured row, by recipe, label, then size."""
-    lines = ["| recipe | source | rows | STS-B dev | STS-B test | kNN@10 | train s | rows seen |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown table of every measured row, by recipe, label, then size (a column per --extra-probe seen)."""
+    extras = sorted({k for row in rows for k in row if k.startswith("knn@10 ")})
+    lines = ["| recipe | source | rows | STS-B dev | STS-B test | kNN@10 | " + "".join(f"kNN@10 {k[7:]} | "
+                                                                            for k in extras) + "train s | rows seen |",
+             "|---|---|---|---|---|---|" + "---|" * len(extras) + "---|---|"]
     for row in sorted(rows, key=lambda r: (r["recipe"], r["label"], r["rows_used"])):
+        cells = "".join(f"{row[k]:.3f} | " if k in row else "| " for k in extras)
         lines.append(f"| {row['recipe']} | {row['label']} | {row['rows_used']:,} | {row['dev']:.2f} | "
-                     f"{row['test']:.2f} | {row['knn@10']:.3f} | {row['train_s']:.0f} | {row['rows_seen']:,} |")
+                     f"{row['test']:.2f} | {row['knn@10']:.3f} | {cells}{row['train_s']:.0f} | {row['rows_seen']:,} |")
     return "\n".join(lines)
 
 
@@ -164,6 +173,9 @@ def main() -> None:
                              "give the run its own --label")
     parser.add_argument("--probe-cache", default="benchmarks/work/probe-mix",
                         help="held-out teacher cache for kNN@10 (default benchmarks/work/probe-mix)")
+    parser.add_argument("--extra-probe", action="append", default=[], metavar="NAME=CACHE",
+                        help="another held-out cache, scored as 'knn@10 NAME' (repeatable), e.g. "
+                             "wiki=benchmarks/work/probe-wiki")
     parser.add_argument("--probe-rows", type=int, default=20000, help="tc probe --max-rows (default 20000)")
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="jsonl of rows (default %(default)s)")
     parser.add_argument("--plot", type=Path, help="write the curve as a PNG here")
@@ -173,9 +185,11 @@ def main() -> None:
     if args.cache:
         if not args.label:
             parser.error("--label is required with --cache (the source of the cache's sentences)")
-        if not (Path(args.probe_cache) / "manifest.json").exists():
-            parser.error(f"--probe-cache {args.probe_cache}: no cache there (no manifest.json); "
-                         "pass a held-out cache folder from tc encode")
+        for flag, path in [("--probe-cache", args.probe_cache)] + [("--extra-probe", e.partition("=")[2])
+                                                                     for e in args.extra_probe]:
+            if not (Path(path) / "manifest.json").exists():
+                parser.error(f"{flag} {path}: no cache there (no manifest.json); pass a held-out cache folder "
+                             "from tc encode")
         args.results.parent.mkdir(parents=True, exist_ok=True)
         have = {key(row) for row in done_rows(args.results)}
         for recipe in args.recipes:
