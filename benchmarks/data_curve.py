@@ -7,21 +7,22 @@ Usage: .venv/bin/python -m benchmarks.data_curve --cache CACHE --label LABEL [--
 Example: .venv/bin/python -m benchmarks.data_curve --cache benchmarks/work/cache-new --label wikipedia+books \\
              --recipes static --probe-cache benchmarks/work/probe-mix --plot benchmarks/results/data_curve.png --table
 
-Each size runs `tc train-student --shards CACHE --recipe R --max-rows N --out benchmarks/work/curve/R-N` ("all":
-no --max-rows), then scores the student on STS-B dev and STS-B test (Spearman x100 of cosine; test is reported,
-never tuned on) and on kNN@10 agreement with the teacher on a held-out probe cache (`tc probe`). Every finished
-row (recipe, rows, label, dev, test, knn@10, train_s, rows_seen, machine) is appended at once to --results and
-skipped on a rerun, so a curve can span sessions. With --version N the run reads that version of a living cache
-(`tc encode` updates) and a size counts its live rows: --max-rows becomes the id below which N of them lie, so a
-version that removed rows (say, the books) is compared with another at the same number of sentences. --plot draws
-dev, test and kNN@10 against rows (log x), one line per (recipe, label); --table prints a markdown table of every
-row in --results.
+Each size runs `tc train-student --shards CACHE --recipe R --max-rows N --out benchmarks/work/curve/R-N-LABEL`
+("all": no --max-rows; a run cut short resumes from its checkpoint on a rerun), then scores the student on STS-B dev
+and STS-B test (Spearman x100 of cosine; test is reported, never tuned on) and on kNN@10 agreement with the teacher
+on a held-out probe cache (`tc probe`). Every finished row (recipe, rows, label, dev, test, knn@10, train_s,
+rows_seen, machine) is appended at once to --results and skipped on a rerun, so a curve can span sessions. With
+--version N the run reads that version of a living cache (`tc encode` updates) and a size counts its live rows:
+--max-rows becomes the id below which N of them lie, so a version that removed rows (say, the books) is compared
+with another at the same number of sentences. --plot draws dev, test and kNN@10 against rows (log x), one line per
+(recipe, label); --table prints a markdown table of every row in --results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,11 @@ def done_rows(results: Path) -> list[dict]:
 def key(row: dict) -> tuple:
     """What makes a row the same measurement: recipe, requested rows, source label and cache."""
     return row["recipe"], str(row["rows"]), row["label"], row["cache"]
+
+
+def slug(label: str) -> str:
+    """A folder-name form of a source label: its words joined by '-', at most 48 characters."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:48] or "run"
 
 
 def id_cutoff(cache_path: str, version: int | None, live_rows: int) -> int:
@@ -84,9 +90,10 @@ def measure(args: argparse.Namespace, recipe: str, rows: str) -> dict:
     from pipeline.sts import load_task, sts_spearman
     from student import Student
 
-    out = WORK / (f"{recipe}-{rows}" + (f"-v{args.version}" if args.version else ""))
-    cmd = [TC, "train-student", "--shards", args.cache, "--recipe", recipe, "--out", str(out), "--force",
-           "--quiet", "--checkpoint-every", "0"]
+    out = WORK / f"{recipe}-{rows}-{slug(args.label)}"
+    resume = (out / "checkpoint").exists()  # a run cut short (a session's end, Ctrl-C) goes on where it stopped
+    cmd = [TC, "train-student", "--shards", args.cache, "--recipe", recipe, "--out", str(out),
+           "--resume" if resume else "--force", "--quiet", "--checkpoint-every", str(args.checkpoint_every)]
     if args.version:
         cmd += ["--version", str(args.version)]
     if rows != "all":
@@ -173,6 +180,9 @@ def main() -> None:
                              "give the run its own --label")
     parser.add_argument("--probe-cache", default="benchmarks/work/probe-mix",
                         help="held-out teacher cache for kNN@10 (default benchmarks/work/probe-mix)")
+    parser.add_argument("--checkpoint-every", type=int, default=2000,
+                        help="tc train-student --checkpoint-every (default 2000 steps); a rerun resumes a run cut "
+                             "short from its checkpoint")
     parser.add_argument("--extra-probe", action="append", default=[], metavar="NAME=CACHE",
                         help="another held-out cache, scored as 'knn@10 NAME' (repeatable), e.g. "
                              "wiki=benchmarks/work/probe-wiki")
