@@ -41,8 +41,8 @@ class StudentConfig:
     max_length: int = 256
     kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])  # cnn only; odd widths keep lengths
     dropout: float = 0.0
-    token_weights: bool = False  # static (and cnn's static path): a learnt scalar weight per vocabulary entry
-    static_path: bool = False  # cnn only: add a static student's (weighted mean + linear) path to the output
+    token_weights: bool = False  # static (and a static path's): a learnt scalar weight per vocabulary entry
+    static_path: bool = False  # cnn, bilstm: add a static student's (weighted mean + linear) path to the output
     add_special_tokens: bool | None = None  # [CLS]/[SEP] in the input; None: yes except for static (as model2vec)
     pad_id: int = 0
     teacher: dict = field(default_factory=dict)  # where the targets came from (name, hash, column, pooling)

@@ -43,6 +43,10 @@ class BiLSTMEncoder(nn.Module):
     within its length: the same states as packed sequences at every real step (padding comes after them and is
     pooled away), at the speed of the dense kernels; batches are length-bucketed, so little padding is computed.
     Packed sequences remain for export (the TorchScript/ONNX exporters know them).
+
+    With `cfg.static_path`, as for the CNN, a static student's path runs beside the LSTM and the two are added:
+    proj(pooled states) + static_proj(mean of w_t e_t); started from a static student with proj at zero, the
+    BiLSTM begins exactly where that static student is and learns what word order adds.
     """
 
     def __init__(self, cfg: StudentConfig):
@@ -53,15 +57,24 @@ class BiLSTMEncoder(nn.Module):
                             dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.dropout = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(2 * cfg.hidden, cfg.out_dim)
+        self.token_weights = nn.Embedding(cfg.vocab_size, 1) if cfg.token_weights else None
+        if self.token_weights is not None:
+            nn.init.ones_(self.token_weights.weight)
+        self.static_proj = nn.Linear(cfg.emb_dim, cfg.out_dim) if cfg.static_path else None
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, time) ids and (batch,) lengths -> (batch, out_dim)."""
         time = input_ids.shape[1]
-        x = self.dropout(self.embedding(input_ids))
+        emb = self.embedding(input_ids)
+        x = self.dropout(emb)
         exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
         states = self.packed_states(x, lengths) if exporting else self.dense_states(x, lengths)
-        pooled = masked_pool(states, length_mask(lengths, time), self.cfg.pooling)
-        return self.proj(self.dropout(pooled))
+        mask = length_mask(lengths, time)
+        out = self.proj(self.dropout(masked_pool(states, mask, self.cfg.pooling)))
+        if self.static_proj is None:
+            return out
+        weighted = emb if self.token_weights is None else emb * self.token_weights(input_ids)
+        return out + self.static_proj(masked_pool(weighted, mask, "mean"))
 
     def packed_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The LSTM's (batch, time, 2 * hidden) states over packed sequences (padding steps zero)."""

@@ -184,7 +184,8 @@ def test_model2vec_quantised_exports_load_in_model2vec(dtype, floor, tmp_path, c
 
 
 @pytest.mark.parametrize("arch,overrides", [("static", {}), ("bilstm", {}), ("cnn", {}),
-                                            ("cnn", {"static_path": True, "token_weights": True})])
+                                            ("cnn", {"static_path": True, "token_weights": True}),
+                                            ("bilstm", {"static_path": True, "token_weights": True})])
 def test_onnx_export_matches_the_torch_student(arch, overrides, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from student import OnnxStudent

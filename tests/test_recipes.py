@@ -125,18 +125,39 @@ def test_a_static_student_starts_at_the_weighted_mean_of_centred_token_outputs()
             np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_a_cnn_with_a_static_path_starts_as_that_static_student():
+@pytest.mark.parametrize("arch", ["cnn", "bilstm"])
+def test_a_student_with_a_static_path_starts_as_that_static_student(arch):
     outputs = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
     weights = np.linspace(0.1, 1.0, 50).astype(np.float32)
     ids, lengths = torch.tensor([[3, 7, 11, 0], [4, 5, 0, 0]]), torch.tensor([3, 2])
     students = []
-    for arch in ("static", "cnn"):
-        cfg = StudentConfig(arch=arch, vocab_size=50, emb_dim=8, hidden=4, out_dim=8, token_weights=True,
-                            static_path=arch == "cnn", kernel_sizes=[3])
+    for name in ("static", arch):
+        cfg = StudentConfig(arch=name, vocab_size=50, emb_dim=8, hidden=4, out_dim=8, token_weights=True,
+                            static_path=name != "static", **({"kernel_sizes": [3]} if name == "cnn" else {}))
         student = Student(cfg, {"tokenizer.json": _tokenizer_json()})
         init_from_outputs(student.encoder, outputs, weights)
         students.append(student(ids, lengths).detach())
     torch.testing.assert_close(students[0], students[1])
+
+
+def test_a_bilstm_with_a_static_path_trains_from_where_the_static_student_starts(tiny_cache, tmp_path):
+    common = dict(shards=str(tiny_cache), epochs=1, val_rows=30, quiet=True, checkpoint_every=0, emb_dim=16,
+                  batch_size=32, init_embeddings="outputs", token_weights=True, loss="cosine")
+    static = train(TrainConfig(arch="static", out=str(tmp_path / "static"), **common))
+    bilstm = train(TrainConfig(arch="bilstm", hidden=8, static_path=True, pooling="mean", out=str(tmp_path / "b"),
+                               **common))
+    # the same start but for [CLS]/[SEP], which a BiLSTM reads and a static student drops (model2vec's way)
+    assert bilstm["initial"]["val_cosine"] == pytest.approx(static["initial"]["val_cosine"], abs=0.005)
+    assert bilstm["final"]["val_cosine"] > bilstm["initial"]["val_cosine"]
+    reloaded = Student.from_pretrained(tmp_path / "b")
+    assert reloaded.config.static_path and reloaded.encoder.static_proj is not None
+    assert reloaded.encode(["a sentence"]).shape == (1, 32)
+
+
+def test_a_static_path_is_refused_on_a_static_student(tiny_cache, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train-student", "--shards", tiny_cache, "--out", tmp_path / "s", "--arch",
+                           "static", "--static-path")
+    assert code != 0 and error_lines(err) == ["error: --static-path: --arch cnn or bilstm only, not static"]
 
 
 def test_static_students_drop_special_tokens_like_model2vec():

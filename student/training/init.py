@@ -34,13 +34,13 @@ def sif_weights(frequencies: np.ndarray, a: float = 1e-3) -> np.ndarray:
 
 
 def init_from_outputs(encoder: nn.Module, outputs: np.ndarray, weights: np.ndarray | None = None) -> None:
-    """Start a static encoder (or a CNN's static path) at the teacher's per-token outputs (model2vec's start).
+    """Start a static encoder (or a static path) at the teacher's per-token outputs (model2vec's start).
 
     The outputs are centred; a narrower embedding takes their top principal components and the projection
     starts as the map back (so the initial sentence vector is the mean of the centred token outputs either
     way); the embedding is scaled to unit standard deviation so learning rates mean the same at any width.
     `weights` (SIF) go into the learnt per-token weights when the encoder has them, else into the rows. A CNN
-    with a static path gets its convolution side's projection zeroed, so it starts as that static student.
+    or BiLSTM with a static path gets its other side's projection zeroed, so it starts as that static student.
     """
     x = torch.as_tensor(np.asarray(outputs, dtype=np.float32))
     rows = min(encoder.embedding.weight.shape[0], x.shape[0])
@@ -70,7 +70,7 @@ def init_from_outputs(encoder: nn.Module, outputs: np.ndarray, weights: np.ndarr
 def init_embeddings(student, cache, how: str, sif: float, n_rows: int,
                     targets: tuple[str, ...] | None = None) -> None:
     """Start `student` as --init-embeddings says: 'teacher' (the cache's input embeddings, PCA-projected),
-    'outputs' (its per-token outputs: model2vec's start for a static student or a CNN's static path, with SIF
+    'outputs' (its per-token outputs: model2vec's start for a static student or a static path, with SIF
     weights counted on up to 200,000 of the first `n_rows` texts when sif > 0; PCA-projected rows otherwise;
     with `targets`, those of the teachers learnt: target_outputs), or 'random' (left as built)."""
     if how == "teacher":

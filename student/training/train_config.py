@@ -88,8 +88,8 @@ class TrainConfig(Checked):
                                                "SIF-initialised.")
     kernel_sizes: list[int] | None = setting(None, "CNN: comma-separated odd convolution widths (3,5,7).",
                                              parse=int_list)
-    static_path: bool | None = setting(None, "CNN: add a static student's path beside the convolutions "
-                                             "(started from the token outputs).")
+    static_path: bool | None = setting(None, "CNN or BiLSTM: add a static student's path beside the "
+                                             "convolutions / the LSTM (started from the token outputs).")
     sif: float = setting(1e-3, "SIF's a in a/(a+p(token)) for the initial token weights (0: none).", check=non_negative)
     vocab_words: int | None = setting(None, "Add the cache's first N whole words (written by `tc vocab`) to the "
                                             "vocabulary, each started from the teacher's output for it (0: none).",
@@ -154,12 +154,12 @@ class TrainConfig(Checked):
         if self.teacher_column is not None and self.targets is not None:
             raise UserError(f"--teacher-column {self.teacher_column} and --targets {self.targets}: give one, not "
                             "both (--targets NAME alone is one teacher too)")
-        has_static = self.arch == "static" or (self.arch == "cnn" and self.static_path)
+        has_static = self.arch == "static" or (self.arch in ("cnn", "bilstm") and self.static_path)
         if self.token_weights and not has_static:
-            raise UserError(f"--token-weights: static students (or --arch cnn --static-path) only, not --arch "
+            raise UserError(f"--token-weights: static students (or --arch cnn/bilstm --static-path) only, not --arch "
                              f"{self.arch}")
-        if self.static_path and self.arch != "cnn":
-            raise UserError(f"--static-path: --arch cnn only, not {self.arch}")
+        if self.static_path and self.arch not in ("cnn", "bilstm"):
+            raise UserError(f"--static-path: --arch cnn or bilstm only, not {self.arch}")
 
 
 # Knobs that do not change what is learned: a resumed run may set them differently.
