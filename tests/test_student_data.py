@@ -64,6 +64,23 @@ def test_skip_batches_resumes_mid_epoch(tiny_cache, tokenizer):
     assert epoch_ids(dataset, 1, skip=5) == full[5:]
 
 
+@pytest.mark.parametrize("interleave", [2, 3, 8])
+def test_interleaved_shards_cover_the_epoch_mix_shards_and_replay(tiny_cache, tokenizer, interleave):
+    dataset = make(tiny_cache, tokenizer, interleave=interleave, buffer_size=1)  # no buffer: the order as read
+    val = set(validation_ids(300, 30).tolist())
+    batches = epoch_ids(dataset, 0)
+    seen = Counter(i for b in batches for i in b)
+    assert set(seen) == set(range(300)) - val and max(seen.values()) == 1
+    assert len(batches) == dataset.batches_per_epoch(0) == 34
+    rows = [i for b in batches for i in b]
+    first_rows = {i // 100 for i in rows[:72]}  # 3 whole pools of 24 rows: shards of 100 rows, 90 training rows each
+    assert len(first_rows) == min(interleave, 3)
+    assert epoch_ids(make(tiny_cache, tokenizer, interleave=interleave, buffer_size=1), 0) == batches
+    assert epoch_ids(dataset, 0, skip=5) == batches[5:]
+    one_by_one = [i for b in epoch_ids(make(tiny_cache, tokenizer, buffer_size=1), 0) for i in b]
+    assert {i // 100 for i in one_by_one[:72]} == {one_by_one[0] // 100}  # without: one shard at a time
+
+
 def test_batch_contents_and_length_buckets(tiny_cache, tokenizer):
     dataset = make(tiny_cache, tokenizer, pool_batches=100, buffer_size=1000)  # one pool: global length sort
     cache = open_cache(tiny_cache)

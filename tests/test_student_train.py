@@ -57,10 +57,11 @@ def test_other_students_losses_and_targets(tiny_cache, tmp_path, arch, loss, col
     assert not args["sparse_embeddings_used"]
 
 
-@pytest.mark.parametrize("stop,sparse,workers", [(5, "yes", 0), (17, "yes", 0), (23, "no", 0), (9, "yes", 2)])
-def test_resume_equals_uninterrupted(tiny_cache, tmp_path, stop, sparse, workers):
+@pytest.mark.parametrize("stop,sparse,workers,interleave", [(5, "yes", 0, 1), (17, "yes", 0, 1), (23, "no", 0, 1),
+                                                         (9, "yes", 2, 1), (11, "yes", 0, 3)])
+def test_resume_equals_uninterrupted(tiny_cache, tmp_path, stop, sparse, workers, interleave):
     knobs = {"epochs": 2, "eval_every": 7, "sparse_embeddings": sparse, "buffer_size": 32, "pool_batches": 4,
-             "num_workers": workers}
+             "num_workers": workers, "interleave_shards": interleave}
     whole = train(config(tiny_cache, tmp_path / "whole", **knobs))
     part = train(config(tiny_cache, tmp_path / "part", max_steps=stop, **knobs))
     assert part["stopped"] and part["step"] == stop

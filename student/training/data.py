@@ -1,6 +1,8 @@
 """Streaming the cache into training batches: validation split by id, shuffled shards, bounded buffers.
 
-Memory is set by one shard's texts, the shuffle buffer and the bucketing pool, never by the size of the cache.
+Memory is set by the open shards' texts (one, or --interleave-shards N read at once so that a batch mixes N
+shards: a cache written in corpus order holds one book or one source per shard), the shuffle buffer and the
+bucketing pool, never by the size of the cache.
 Every random choice comes from (seed, epoch, stream), so an epoch can be replayed exactly to resume it.
 """
 
@@ -143,14 +145,17 @@ class StreamingCacheDataset(IterableDataset):
     def __init__(self, cache_dir: str | Path | TeacherCache, column: str, tokenizer: WordPieceTokenizer,
                  batch_size: int, seed: int = 0, val_ids: np.ndarray | None = None, max_rows: int | None = None,
                  buffer_size: int = 10_000, pool_batches: int = 50, rank: int = 0, world_size: int = 1,
-                 dedup: str = "keep-first", targets: tuple[str, ...] | None = None):
+                 dedup: str = "keep-first", targets: tuple[str, ...] | None = None, interleave: int = 1):
         """Stream `column` of the cache (opened, or its folder or URL), skipping `val_ids`, ids >= `max_rows` and
         rows the version read deleted; with dedup 'count' a row comes as often as its text was in the corpus.
-        `targets`: the teachers whose vectors to stream instead (TeacherCache.read_targets; None: `column`)."""
+        `targets`: the teachers whose vectors to stream instead (TeacherCache.read_targets; None: `column`);
+        `interleave`: shard segments read at once, each next row drawn from one of them in proportion to the rows
+        it has left (1: one shard after the other)."""
         self.column, self.tokenizer, self.targets = column, tokenizer, targets
         self.batch_size, self.seed, self.buffer_size, self.pool_batches = batch_size, seed, buffer_size, pool_batches
         self.val_ids = np.zeros(0, dtype=np.int64) if val_ids is None else np.asarray(val_ids, dtype=np.int64)
         self.max_rows, self.rank, self.world_size, self.dedup = max_rows, rank, world_size, dedup
+        self.interleave = interleave
         # every epoch reads the shards of this one manifest; the trainer re-checks between epochs that it still holds
         self.cache = cache_dir if isinstance(cache_dir, TeacherCache) else open_cache(cache_dir)
         self.cache_dir = self.cache.location
@@ -237,24 +242,53 @@ class StreamingCacheDataset(IterableDataset):
         """Batches every rank takes in `epoch`: the fewest any rank has, so that DDP ranks step in lockstep."""
         return min(self.batches_per_epoch(epoch, num_workers, r) for r in range(self.world_size))
 
-    def _rows(self, cache: TeacherCache, segments: list[Segment], rng: np.random.Generator) -> Iterator[Row]:
-        """Training rows of `segments` in order, each segment's rows permuted."""
+    def _rows(self, cache: TeacherCache, segments: list[Segment], rng: np.random.Generator,
+              pick: np.random.Generator) -> Iterator[Row]:
+        """Training rows of `segments`, each segment's rows permuted: one segment after the other, or with
+        `self.interleave` > 1 that many open at once, every row drawn (by `pick`) from one of them with
+        probability proportional to the rows it has left, so they all run out together and a batch mixes them."""
         cache.schedule([index for index, _, _ in segments])  # a remote cache fetches them ahead, in this order
-        for index, first, end in segments:
-            columns = ["id", "text", self.column, "n_tokens"] if self.targets is None else ["id", "text", "n_tokens"]
-            table = cache.read_shard(index, columns)
-            ids = table.column("id").to_numpy()
-            kept = np.flatnonzero(self.training_rows(ids))
-            if self.dedup == "count":  # a text the corpus held n times comes n times, as in the corpus
-                kept = np.repeat(kept, self.cache.row_counts(ids[kept]))
-            kept = kept[first:end]
-            rows = kept[rng.permutation(len(kept))]
-            texts = table.column("text").to_pylist()
-            vectors = vectors_of(table, self.column) if self.targets is None else cache.read_targets(
-                index, list(self.targets), self.column)
-            n_tokens = table.column("n_tokens").to_numpy()
-            for r in rows:
-                yield int(ids[r]), texts[r], vectors[r].astype(np.float32), int(n_tokens[r])  # copy, not a view
+        if self.interleave <= 1:
+            for segment in segments:
+                yield from self._segment_rows(cache, segment, rng)
+            return
+        waiting = [s for s in reversed(segments) if s[2] > s[1]]  # popped from the end: in order
+        open_: list[list] = []  # [rows left, row iterator] of each open segment
+        uniforms = iter(())
+        while waiting or open_:
+            while waiting and len(open_) < self.interleave:
+                segment = waiting.pop()
+                open_.append([segment[2] - segment[1], self._segment_rows(cache, segment, rng)])
+            u = next(uniforms, None)
+            if u is None:  # draws in blocks: one numpy call per 4,096 rows, not per row
+                uniforms = iter(pick.random(4096).tolist())
+                u = next(uniforms)
+            target, chosen = u * sum(n for n, _ in open_), 0
+            while target >= open_[chosen][0] and chosen < len(open_) - 1:
+                target -= open_[chosen][0]
+                chosen += 1
+            open_[chosen][0] -= 1
+            yield next(open_[chosen][1])
+            if open_[chosen][0] == 0:
+                open_.pop(chosen)
+
+    def _segment_rows(self, cache: TeacherCache, segment: Segment, rng: np.random.Generator) -> Iterator[Row]:
+        """The training rows of one segment, permuted."""
+        index, first, end = segment
+        columns = ["id", "text", self.column, "n_tokens"] if self.targets is None else ["id", "text", "n_tokens"]
+        table = cache.read_shard(index, columns)
+        ids = table.column("id").to_numpy()
+        kept = np.flatnonzero(self.training_rows(ids))
+        if self.dedup == "count":  # a text the corpus held n times comes n times, as in the corpus
+            kept = np.repeat(kept, self.cache.row_counts(ids[kept]))
+        kept = kept[first:end]
+        rows = kept[rng.permutation(len(kept))]
+        texts = table.column("text").to_pylist()
+        vectors = vectors_of(table, self.column) if self.targets is None else cache.read_targets(
+            index, list(self.targets), self.column)
+        n_tokens = table.column("n_tokens").to_numpy()
+        for r in rows:
+            yield int(ids[r]), texts[r], vectors[r].astype(np.float32), int(n_tokens[r])  # copy, not a view
 
     def _shuffle(self, rows: Iterator[Row], rng: np.random.Generator) -> Iterator[Row]:
         """A bounded shuffle buffer: hold `buffer_size` rows, emit a random one as each new row arrives."""
@@ -303,6 +337,8 @@ class StreamingCacheDataset(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, stream, 1])
         segments = self.stream_segments(self.epoch, worker, num_workers)
         skip = self.skip_batches if info is None else 0  # with workers, the trainer drops batches itself
-        for i, rows in enumerate(self._bucket(self._shuffle(self._rows(self.cache, segments, rng), rng), rng)):
+        pick = np.random.default_rng([self.seed, self.epoch, stream, 2])  # interleaving's own draws
+        stream_rows = self._rows(self.cache, segments, rng, pick)
+        for i, rows in enumerate(self._bucket(self._shuffle(stream_rows, rng), rng)):
             if i >= skip:
                 yield self.collate(rows)

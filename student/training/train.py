@@ -230,7 +230,7 @@ def _train(cfg: TrainConfig) -> dict:
     dataset = StreamingCacheDataset(cache, plan.column, student.tokenizer, cfg.batch_size, seed=cfg.seed,
                                     val_ids=val_ids, max_rows=plan.n_rows, dedup=cfg.dedup, targets=plan.targets,
                                     buffer_size=cfg.buffer_size, pool_batches=cfg.pool_batches,
-                                    rank=ddp.rank, world_size=ddp.world_size)
+                                    rank=ddp.rank, world_size=ddp.world_size, interleave=cfg.interleave_shards)
     if cfg.num_workers == 0:  # a remote cache starts fetching this rank's first shards during the set-up below
         cache.schedule([shard for shard, _, _ in dataset.stream_segments(saved["epoch"] if saved else 0, 0, 1)])
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")

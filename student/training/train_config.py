@@ -64,6 +64,9 @@ class TrainConfig(Checked):
     max_rows: int | None = setting(None, "Use only the first N rows (ids) of the cache.", check=count(1))
     val_rows: int | None = setting(None, "Held-out rows, chosen by id (default min(2000, 10%)).", check=count(0))
     buffer_size: int = setting(10_000, "Rows in the shuffle buffer.", check=count(1))
+    interleave_shards: int = setting(1, "Read N shards at once, each row drawn from one of them, so that a batch "
+                                        "mixes N shards (for a cache written in corpus order: one book or source "
+                                        "per shard). Memory: N shards' texts.", check=count(1, 256))
     pool_batches: int = setting(50, "Batches' worth of rows sorted together by length.", check=count(1))
     num_workers: int = setting(0, "DataLoader worker processes (each reads its own shards).", check=count(0, 256))
     cache_dir: str | None = setting(None, "A remote --shards' local shard cache (default: under the user cache "
