@@ -181,13 +181,19 @@ def test_logits_cache_layout_and_resume(sst2_logits, ft_teacher, glue_dir, capsy
 
 
 def test_encode_logits_is_cache_logits(sst2_logits, ft_teacher, glue_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(GLUE_DIR_ENV, str(glue_dir))  # tc encode has no --data-dir: the task's rows come from there
     code, _, err = run_cli(capsys, "encode", "--teacher", ft_teacher, "--logits", "--out", tmp_path / "a",
-                           "--max-rows", "150", "--quiet")
+                           "--max-rows", "150", "--data-dir", glue_dir, "--quiet")
     assert code == 0, err
     ours, theirs = open_cache(tmp_path / "a"), open_cache(sst2_logits)
     assert ours.texts() == theirs.texts()
     assert np.array_equal(ours.vectors("logits"), theirs.vectors("logits"))
+    one_line_error(capsys, "encode", "--corpus", "x.txt", "--out", tmp_path / "v", "--data-dir", glue_dir,
+                   needle="only with --logits")
+    monkeypatch.setenv(GLUE_DIR_ENV, str(glue_dir))  # without --data-dir the task's rows come from $TC_GLUE_DIR
+    code, _, err = run_cli(capsys, "encode", "--teacher", ft_teacher, "--logits", "--out", tmp_path / "e",
+                           "--max-rows", "150", "--quiet")
+    assert code == 0, err
+    assert np.array_equal(open_cache(tmp_path / "e").vectors("logits"), theirs.vectors("logits"))
     # --corpus: a file in the task's layout (here the first 20 dev rows) instead of its training rows
     dev = tmp_path / "dev.tsv"
     dev.write_text("".join((glue_dir / "SST-2" / "dev.tsv").read_text().splitlines(True)[:21]))

@@ -25,6 +25,8 @@ def encode(
                                               "--teacher is a folder from `tc finetune`, --corpus (optional) a "
                                               "file in its task's layout; default its task's training rows. "
                                               "The same as `tc cache-logits`.")] = False,
+    data_dir: Annotated[str | None, typer.Option(help="--logits: the GLUE folder of the teacher's task (default "
+                                                      "$TC_GLUE_DIR).", show_default=False)] = None,
     **settings,
 ) -> None:
     """Run the teacher over a corpus once and write its sentence vectors as a sharded cache.
@@ -46,13 +48,15 @@ def encode(
 
     Example: tc encode --teacher sentence-transformers/all-mpnet-base-v2 --out out/ --pooling mean
 
-    Example: tc encode --teacher ft_teacher/ --logits --out logits_cache/
+    Example: tc encode --teacher ft_teacher/ --logits --data-dir glue/ --out logits_cache/
     """
     from teacher_cache.encode.run import encode_corpus
 
     if logits:
-        encode_logits(settings)
+        encode_logits(settings, data_dir)
         return
+    if data_dir is not None:
+        raise UserError(f"--data-dir {data_dir}: only with --logits (a task teacher's rows)")
     cfg = build(EncodeConfig, settings)
     ray = RayOptions(settings["address"], settings["workers"], settings["gpus_per_worker"] or 0.0)
     if engine == "ray":
@@ -72,8 +76,8 @@ def encode(
         f"in {len(manifest.shards)} shard(s), precision {manifest.precision}")  # --quiet: not shown
 
 
-def encode_logits(settings: dict) -> None:
-    """`tc encode --logits`: `tc cache-logits` under encode's flag names (--teacher, --corpus: one file)."""
+def encode_logits(settings: dict, data_dir: str | None = None) -> None:
+    """`tc encode --logits`: `tc cache-logits` under encode's flag names (--teacher, --corpus: one file, --data-dir)."""
     from finetune.teachers import cache_logits
 
     teacher, corpus = settings["teacher"], settings["corpus"]
@@ -84,7 +88,7 @@ def encode_logits(settings: dict) -> None:
     cfg = LogitsConfig(model=teacher, out=str(settings["out"]), max_rows=settings["max_rows"],
                        batch_size=settings["batch_size"] or 64, shard_size=settings["shard_size"],
                        device=settings["device"], force=settings["force"], quiet=settings["quiet"],
-                       rows_file=corpus[0] if corpus else None)
+                       rows_file=corpus[0] if corpus else None, data_dir=data_dir)
     manifest = cache_logits(cfg)
     log(f"{cfg.out}: {manifest.rows:,} rows x {manifest.dim} logits ({manifest.extra.get('task')})")
 
