@@ -19,25 +19,16 @@ import pyarrow as pa
 from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_line
 from teacher_cache.base.lock import holder
 from teacher_cache.base.progress import warn
-from teacher_cache.cache_files import file_problem
+from teacher_cache.cache_checks import CacheChecks
 from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
-from teacher_cache.remote_reader import (
-    check_object_sizes,
-    fetch_small_files,
-    load_remote_manifest,
-    remote_mirror,
-    verify_objects,
-)
+from teacher_cache.remote_reader import RemoteShardReads, fetch_small_files, load_remote_manifest, remote_mirror
 from teacher_cache.shard_cache import ShardCache, parse_size
-from teacher_cache.shards import column_widths, read_shard, sha256_file, vectors_of
-from teacher_cache.side_teachers import SideTeacherReads, side_problems
+from teacher_cache.shards import column_widths, read_shard, vectors_of
+from teacher_cache.side_teachers import SideTeacherReads
 from teacher_cache.storage import Store
 from teacher_cache.versions import VersionReads, VersionView, version_view
 
 DEFAULT_CACHE_LIMIT = "20GB"  # the local shard cache of a remote cache (--cache-limit)
-# Shards a remote reader keeps from eviction: the one being read (readers copy rows out of a shard before the next;
-# a table still mapped when its file is evicted stays readable on Linux, only its disk space comes back later).
-PINNED_SHARDS = 1
 
 
 @dataclass
@@ -50,10 +41,11 @@ class CacheBatch:
     n_tokens: np.ndarray | None = None
 
 
-class TeacherCache(VersionReads, SideTeacherReads):
+class TeacherCache(VersionReads, SideTeacherReads, RemoteShardReads, CacheChecks):
     """An opened cache folder; reads shards lazily (Arrow shards are memory-mapped, never loaded whole). The rows of
     the version read come from VersionReads (versions.py), the targets of several teachers from SideTeacherReads
-    (side_teachers.py)."""
+    (side_teachers.py), a remote cache's shard files from RemoteShardReads (remote_reader.py), the checks of every
+    file from CacheChecks (cache_checks.py)."""
 
     def __init__(self, directory: str | Path, allow_partial: bool = False, allow_writer: bool = False,
                  cache_dir: str | Path | None = None, cache_limit: str | int | None = None,
@@ -135,45 +127,6 @@ class TeacherCache(VersionReads, SideTeacherReads):
         """Shard `index` as a path or URL, for messages."""
         file = self.manifest.shards[index].file
         return self.store.where(file) if self.remote else str(self.directory / file)
-
-    @property
-    def shard_cache(self) -> ShardCache:
-        """The local shard cache of a remote cache (made on first use, in this process)."""
-        if self._shard_cache is None:
-            self._shard_cache = ShardCache(self.store, self.manifest.shards, self.directory / "shards",
-                                           self.cache_limit, rate_limit=self.download_rate)
-        return self._shard_cache
-
-    def schedule(self, order: list[int]) -> None:
-        """Tell a remote cache the order its shards will be read in, so they are fetched ahead (local: nothing)."""
-        if self.remote:
-            self.shard_cache.schedule(list(order))
-
-    def shard_file(self, index: int) -> Path:
-        """A local file holding shard `index` (for a remote cache: fetched and checked, kept from eviction while
-        it is among the last PINNED_SHARDS read)."""
-        if not self.remote:
-            return self.directory / self.manifest.shards[index].file
-        if index in self._pinned:  # read again: its pin is renewed by the get below, not doubled
-            self._pinned.remove(index)
-            self.shard_cache.release(index)
-        else:  # room first: the limit need only hold PINNED_SHARDS shards and the ones fetched ahead
-            while len(self._pinned) >= PINNED_SHARDS:
-                self.shard_cache.release(self._pinned.pop(0))
-        path = self.shard_cache.get(index)
-        self._pinned.append(index)
-        return path
-
-    def detach(self) -> None:
-        """Forget this process's download state (a forked DataLoader worker makes its own on first use)."""
-        self._shard_cache, self._pinned = None, []
-
-    def close(self) -> None:
-        """Stop a remote cache's downloads (its local copies stay for the next run)."""
-        if self._shard_cache is not None:
-            self._shard_cache.close()
-            self._shard_cache = None
-            self._pinned = []
 
     def local_files(self) -> Path:
         """The folder of the cache's small files; for a remote cache they are fetched into its mirror first
@@ -333,64 +286,6 @@ class TeacherCache(VersionReads, SideTeacherReads):
         if self.manifest.format != "arrow":
             raise CacheError(f"{self.location}: polars scans Arrow caches only (this one is {self.manifest.format})")
         return pl.scan_ipc([str(p) for p in self.shard_paths])
-
-    def verify(self) -> list[str]:
-        """Re-check every file (shards: checksum, rows, contiguous ids; the others: checksum); list the problems."""
-        if self.remote:
-            return self.verify_remote()
-        problems: list[str] = []
-        expected_start = 0
-        for index, info in enumerate(self.manifest.shards):
-            path = self.directory / info.file
-            if info.id_start != expected_start:
-                problems.append(f"{path}: ids start at {info.id_start}, expected {expected_start}")
-            expected_start = info.id_end + 1
-            if not path.is_file():  # a folder named as a shard is no shard either
-                problems.append(f"{path}: missing")
-                continue
-            if info.bytes and path.stat().st_size != info.bytes:
-                problems.append(f"{path}: {path.stat().st_size:,} bytes, the manifest says {info.bytes:,} "
-                                "(truncated or changed)")
-                continue
-            if sha256_file(path) != info.sha256:
-                problems.append(f"{path}: checksum mismatch (the file changed after it was written)")
-                continue
-            try:
-                ids = read_shard(path, ["id"]).column("id").to_numpy()
-                width = self.width_problem(index)
-            except Exception as exc:  # a readable checksum but unparsable file means a writer bug
-                problems.append(f"{path}: unreadable ({exc})")
-                continue
-            problems += [width] if width else []
-            problems += info.id_problems(path, ids)
-        for rel, record in self.manifest.files.items():
-            problem = file_problem(self.directory, rel, record)
-            if problem:
-                problems.append(problem)
-        if self.view_problem and not any(self.view_problem.split(":")[0] in p for p in problems):
-            problems.append(self.view_problem)
-        return problems + side_problems(self.directory, self.manifest)
-
-    def verify_remote(self) -> list[str]:
-        """`verify` for a cache in a store: every object read once (one shard on local disk at a time)."""
-        return verify_objects(self)
-
-    def check_before_use(self) -> None:
-        """What training checks before it writes anything: a local cache whole (`check`); a remote one by its
-        objects' sizes and its small files' checksums (each shard's sha256 is checked when it arrives), so a
-        remote cache is not read twice."""
-        if not self.remote:
-            self.check()
-            return
-        check_object_sizes(self.store, self.manifest)
-        self.local_files()
-
-    def check(self) -> None:
-        """Raise a one-line CacheIntegrityError naming the first bad shard, if any."""
-        problems = self.verify()
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise CacheIntegrityError(problems[0] + more)
 
     def token_stats(self) -> dict[str, float]:
         """Token-length statistics over the whole cache: mean, median, p95, max, total."""

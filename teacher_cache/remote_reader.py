@@ -1,5 +1,6 @@
 """Reading a cache that lives in a store (s3://bucket/prefix, ...): its manifest, its local mirror and small files,
-and the checks that read objects rather than files (teacher_cache/reader.py's TeacherCache uses these)."""
+its shards through a bounded shard cache (RemoteShardReads), and the checks that read objects rather than files
+(teacher_cache/reader.py's TeacherCache uses these)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,61 @@ from teacher_cache.base.errors import CacheError, CacheIntegrityError, first_lin
 from teacher_cache.base.user_dirs import user_cache_dir
 from teacher_cache.cache_files import file_problem
 from teacher_cache.manifest import MANIFEST_NAME, CacheManifest
+from teacher_cache.shard_cache import ShardCache
 from teacher_cache.shards import read_shard
 from teacher_cache.storage import Store
 
 if TYPE_CHECKING:
     from teacher_cache.reader import TeacherCache
+
+# Shards a remote reader keeps from eviction: the one being read (readers copy rows out of a shard before the next;
+# a table still mapped when its file is evicted stays readable on Linux, only its disk space comes back later).
+PINNED_SHARDS = 1
+
+
+class RemoteShardReads:
+    """TeacherCache's way to a shard's file: in a local cache's folder, or for a remote cache through its bounded
+    ShardCache, fetched ahead in the order `schedule` announces, the last PINNED_SHARDS read kept from eviction.
+    Uses the cache's store, remote, directory, manifest, cache_limit, download_rate, _shard_cache and _pinned."""
+
+    @property
+    def shard_cache(self) -> ShardCache:
+        """The local shard cache of a remote cache (made on first use, in this process)."""
+        if self._shard_cache is None:
+            self._shard_cache = ShardCache(self.store, self.manifest.shards, self.directory / "shards",
+                                           self.cache_limit, rate_limit=self.download_rate)
+        return self._shard_cache
+
+    def schedule(self, order: list[int]) -> None:
+        """Tell a remote cache the order its shards will be read in, so they are fetched ahead (local: nothing)."""
+        if self.remote:
+            self.shard_cache.schedule(list(order))
+
+    def shard_file(self, index: int) -> Path:
+        """A local file holding shard `index` (for a remote cache: fetched and checked, kept from eviction while
+        it is among the last PINNED_SHARDS read)."""
+        if not self.remote:
+            return self.directory / self.manifest.shards[index].file
+        if index in self._pinned:  # read again: its pin is renewed by the get below, not doubled
+            self._pinned.remove(index)
+            self.shard_cache.release(index)
+        else:  # room first: the limit need only hold PINNED_SHARDS shards and the ones fetched ahead
+            while len(self._pinned) >= PINNED_SHARDS:
+                self.shard_cache.release(self._pinned.pop(0))
+        path = self.shard_cache.get(index)
+        self._pinned.append(index)
+        return path
+
+    def detach(self) -> None:
+        """Forget this process's download state (a forked DataLoader worker makes its own on first use)."""
+        self._shard_cache, self._pinned = None, []
+
+    def close(self) -> None:
+        """Stop a remote cache's downloads (its local copies stay for the next run)."""
+        if self._shard_cache is not None:
+            self._shard_cache.close()
+            self._shard_cache = None
+            self._pinned = []
 
 
 def remote_mirror(url: str, cache_dir: str | Path | None = None) -> Path:
