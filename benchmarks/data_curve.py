@@ -143,17 +143,22 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    extras = sorted({k for row in rows for k in row if k.startswith("knn@10 ")})
+    metrics = ["dev", "test", "knn@10", *extras]
+    titles = ["STS-B dev (Spearman x100)", "STS-B test (Spearman x100)", "kNN@10 agreement with the teacher",
+              *[f"kNN@10 agreement, held-out {k[7:]}" for k in extras]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.5))
     series: dict[tuple, list[dict]] = {}
     for row in rows:
         series.setdefault((row["recipe"], row["label"]), []).append(row)
     for (recipe, label), points in sorted(series.items()):
         points.sort(key=lambda r: r["rows_used"])
-        xs = [p["rows_used"] for p in points]
-        for ax, metric in zip(axes, ("dev", "test", "knn@10"), strict=True):
-            ax.plot(xs, [p[metric] for p in points], marker="o", label=f"{recipe} / {label}")
-    for ax, title in zip(axes, ("STS-B dev (Spearman x100)", "STS-B test (Spearman x100)",
-                                "kNN@10 agreement with the teacher"), strict=True):
+        for ax, metric in zip(axes, metrics, strict=True):
+            have = [p for p in points if metric in p]
+            if have:
+                ax.plot([p["rows_used"] for p in have], [p[metric] for p in have], marker="o",
+                        label=f"{recipe} / {label}")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set(xscale="log", xlabel="cache rows trained on", title=title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
