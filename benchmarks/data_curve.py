@@ -139,6 +139,7 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path: Path) -> None:
     """STS-B dev, STS-B test and kNN@10 against rows (log x), one line per (recipe, label)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,9 +161,11 @@ def plot(rows: list[dict], path: Path) -> None:
                         label=f"{recipe} / {label}")
     for ax, title in zip(axes, titles, strict=True):
         ax.set(xscale="log", xlabel="cache rows trained on", title=title)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1 + 0.03 * ((len(labels) + 1) // 2), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
