@@ -15,8 +15,9 @@ class CacheChecks:
     """The checks of an opened TeacherCache (mixed into it): uses its manifest, directory, remote, store,
     view_problem, width_problem and local_files."""
 
-    def verify(self) -> list[str]:
-        """Re-check every file (shards: checksum, rows, contiguous ids; the others: checksum); list the problems."""
+    def verify(self, below_id: int | None = None) -> list[str]:
+        """Re-check every file (shards: checksum, rows, contiguous ids; the others: checksum); list the problems.
+        `below_id`: read only the shards holding ids below it (a run on the first N rows reads no other)."""
         if self.remote:
             return self.verify_remote()
         problems: list[str] = []
@@ -26,6 +27,8 @@ class CacheChecks:
             if info.id_start != expected_start:
                 problems.append(f"{path}: ids start at {info.id_start}, expected {expected_start}")
             expected_start = info.id_end + 1
+            if below_id is not None and info.id_start >= below_id:
+                continue
             if not path.is_file():  # a folder named as a shard is no shard either
                 problems.append(f"{path}: missing")
                 continue
@@ -56,19 +59,19 @@ class CacheChecks:
         """`verify` for a cache in a store: every object read once (one shard on local disk at a time)."""
         return verify_objects(self)
 
-    def check_before_use(self) -> None:
-        """What training checks before it writes anything: a local cache whole (`check`); a remote one by its
-        objects' sizes and its small files' checksums (each shard's sha256 is checked when it arrives), so a
-        remote cache is not read twice."""
+    def check_before_use(self, below_id: int | None = None) -> None:
+        """What training checks before it writes anything: a local cache whole (`check`), or with `below_id` the
+        shards that hold those ids (--max-rows); a remote one by its objects' sizes and its small files' checksums
+        (each shard's sha256 is checked when it arrives), so a remote cache is not read twice."""
         if not self.remote:
-            self.check()
+            self.check(below_id)
             return
         check_object_sizes(self.store, self.manifest)
         self.local_files()
 
-    def check(self) -> None:
-        """Raise a one-line CacheIntegrityError naming the first bad shard, if any."""
-        problems = self.verify()
+    def check(self, below_id: int | None = None) -> None:
+        """Raise a one-line CacheIntegrityError naming the first bad shard (of those below `below_id`), if any."""
+        problems = self.verify(below_id)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise CacheIntegrityError(problems[0] + more)

@@ -21,7 +21,13 @@ from teacher_cache.base.lock import holder
 from teacher_cache.base.progress import warn
 from teacher_cache.cache_checks import CacheChecks
 from teacher_cache.manifest import TOKEN_OUTPUTS_FILE, TOKEN_OUTPUTS_KEY, CacheManifest
-from teacher_cache.remote_reader import RemoteShardReads, fetch_small_files, load_remote_manifest, remote_mirror
+from teacher_cache.remote_reader import (
+    PINNED_SHARDS,
+    RemoteShardReads,
+    fetch_small_files,
+    load_remote_manifest,
+    remote_mirror,
+)
 from teacher_cache.shard_cache import ShardCache, parse_size
 from teacher_cache.shards import column_widths, read_shard, vectors_of
 from teacher_cache.side_teachers import SideTeacherReads
@@ -58,6 +64,7 @@ class TeacherCache(VersionReads, SideTeacherReads, RemoteShardReads, CacheChecks
         self.location = self.store.url if self.remote else str(directory)
         self._shard_cache: ShardCache | None = None
         self._pinned: list[int] = []
+        self.pinned_shards = PINNED_SHARDS  # shards read at once (a reader interleaving N shards holds N)
         self._synced = False
         self.download_rate = download_rate
         if self.remote:
@@ -288,10 +295,14 @@ class TeacherCache(VersionReads, SideTeacherReads, RemoteShardReads, CacheChecks
         return pl.scan_ipc([str(p) for p in self.shard_paths])
 
     def token_stats(self) -> dict[str, float]:
-        """Token-length statistics over the whole cache: mean, median, p95, max, total."""
+        """Token-length statistics over the rows of the version read: mean, median, p95, max, total."""
         self.schedule(range(len(self.shards)))
-        counts = np.concatenate([self.read_shard(i, ["n_tokens"]).column("n_tokens").to_numpy()
-                                 for i in range(len(self.shards))])
+        counts = []
+        for i in range(len(self.shards)):
+            table = self.read_shard(i, ["id", "n_tokens"])
+            n_tokens = table.column("n_tokens").to_numpy()
+            counts.append(n_tokens[self.live(table.column("id").to_numpy())] if len(self.deleted_ids) else n_tokens)
+        counts = np.concatenate(counts) if counts else np.zeros(1, dtype=np.int64)
         return {"mean": float(counts.mean()), "median": float(np.median(counts)),
                 "p95": float(np.percentile(counts, 95)), "max": int(counts.max()), "total": int(counts.sum())}
 

@@ -22,15 +22,16 @@ from teacher_cache.storage import Store
 if TYPE_CHECKING:
     from teacher_cache.reader import TeacherCache
 
-# Shards a remote reader keeps from eviction: the one being read (readers copy rows out of a shard before the next;
-# a table still mapped when its file is evicted stays readable on Linux, only its disk space comes back later).
+# Shards a remote reader keeps from eviction by default: the one being read (readers copy rows out of a shard before
+# the next); a reader with N shards open at once sets TeacherCache.pinned_shards to N, so --cache-limit holds them.
 PINNED_SHARDS = 1
 
 
 class RemoteShardReads:
     """TeacherCache's way to a shard's file: in a local cache's folder, or for a remote cache through its bounded
-    ShardCache, fetched ahead in the order `schedule` announces, the last PINNED_SHARDS read kept from eviction.
-    Uses the cache's store, remote, directory, manifest, cache_limit, download_rate, _shard_cache and _pinned."""
+    ShardCache, fetched ahead in the order `schedule` announces, the last `pinned_shards` read kept from eviction.
+    Uses the cache's store, remote, directory, manifest, cache_limit, download_rate, pinned_shards, _shard_cache
+    and _pinned."""
 
     @property
     def shard_cache(self) -> ShardCache:
@@ -47,14 +48,14 @@ class RemoteShardReads:
 
     def shard_file(self, index: int) -> Path:
         """A local file holding shard `index` (for a remote cache: fetched and checked, kept from eviction while
-        it is among the last PINNED_SHARDS read)."""
+        it is among the last `pinned_shards` read)."""
         if not self.remote:
             return self.directory / self.manifest.shards[index].file
         if index in self._pinned:  # read again: its pin is renewed by the get below, not doubled
             self._pinned.remove(index)
             self.shard_cache.release(index)
-        else:  # room first: the limit need only hold PINNED_SHARDS shards and the ones fetched ahead
-            while len(self._pinned) >= PINNED_SHARDS:
+        else:  # room first: the limit need only hold `pinned_shards` shards and the ones fetched ahead
+            while len(self._pinned) >= self.pinned_shards:
                 self.shard_cache.release(self._pinned.pop(0))
         path = self.shard_cache.get(index)
         self._pinned.append(index)

@@ -193,3 +193,13 @@ def test_a_complete_rerun_rechecks_but_changes_nothing(copy, teacher_dir, corpus
     code, _, err = run_cli(capsys, *encode_args(teacher_dir, corpus_file, copy))
     assert code == 0 and "checksums match); nothing to do" in err
     assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir()} == before
+
+
+def test_a_run_on_the_first_rows_checks_only_the_shards_it_reads(copy, tmp_path, capsys):
+    flip_byte(copy / "shard-00002.arrow")  # ids 200-299
+    args = ["train-student", "--shards", copy, "--epochs", "1", "--batch-size", "32", "--val-rows", "10", "--quiet"]
+    code, _, err = run_cli(capsys, *args, "--max-rows", "150", "--out", tmp_path / "first")
+    assert code == 0, err  # its two shards are whole: the damaged third is never read
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "all")
+    one_line(code, err, "shard-00002.arrow", "checksum mismatch")
+    assert not (tmp_path / "all").exists()

@@ -278,6 +278,11 @@ def test_info_verify_and_probe_take_a_version(tmp_path, teacher_dir, capsys):
     assert code == 0 and "1 (" in shown and "2 (" in shown and "+9 -10" in shown and "showing 2" in shown, err
     code, shown, err = run_cli(capsys, "info", out, "--version", "1")
     assert code == 0 and "showing 1" in shown and "300 in 3 shard(s)" in shown, err
+    for version in (1, 2):  # token statistics count the version's live rows only
+        cache = open_cache(out, version=version)
+        live = np.concatenate([b.n_tokens for b in cache.iter_batches(with_texts=False)])
+        assert len(live) == len(cache) and cache.token_stats()["total"] == int(live.sum())
+    assert open_cache(out, version=2).deleted_ids.size  # version 2 removed rows: the check above has teeth
     code, shown, err = run_cli(capsys, "verify", out, "--version", "1")
     assert code == 0 and "300 rows" in shown, err
     code, _, err = run_cli(capsys, "verify", out, "--version", "3")

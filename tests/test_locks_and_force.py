@@ -66,6 +66,18 @@ def test_a_stale_lock_file_left_by_a_crash_is_taken_over(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_a_holder_probe_at_the_moment_of_locking_is_not_taken_for_a_writer(tmp_path):
+    import fcntl
+    import threading
+
+    (tmp_path / LOCK_NAME).write_text("")
+    probe = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # what holder() holds for an instant, held here for 30 ms
+    threading.Timer(0.03, os.close, [probe]).start()
+    with FolderLock(tmp_path, "tc encode"):  # retried past the probe, not refused as "in use by another process"
+        assert "tc encode" in holder(tmp_path)
+
+
 # ---- two real processes ---------------------------------------------------------------------------------------
 
 

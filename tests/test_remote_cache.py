@@ -178,7 +178,7 @@ def test_a_corpus_in_the_bucket_is_encoded_like_its_local_copy(s3_env, capsys, t
 def test_validation_rows_of_a_remote_cache_are_kept_in_its_mirror(remote_cache, tmp_path):
     import numpy as np
 
-    from student.training.data import read_rows, rows_file
+    from student.training.val_rows import read_rows, rows_file
 
     ids = np.array([3, 150, 299], dtype=np.int64)
     cache = open_cache(remote_cache, cache_dir=tmp_path / "c")
@@ -207,3 +207,28 @@ def test_a_run_on_a_remote_cache_resumes_to_the_uninterrupted_weights(remote_cac
     part = load_file(tmp_path / "part" / "model.safetensors")
     for key in whole:  # the same batches after the resume as without it
         assert (whole[key] == part[key]).all(), key
+
+
+def test_interleaved_shards_of_a_remote_cache_stay_pinned_while_read(remote_cache, tmp_path):
+    from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
+    from student.training.data import StreamingCacheDataset
+
+    biggest = max(s.bytes for s in open_cache(remote_cache).manifest.shards)
+
+    def dataset(limit: int) -> StreamingCacheDataset:
+        cache = open_cache(remote_cache, cache_dir=tmp_path / str(limit), cache_limit=limit)
+        tokenizer = WordPieceTokenizer(read_tokenizer_files(cache.tokenizer_path)["tokenizer.json"], max_length=64)
+        data = StreamingCacheDataset(cache, "embedding", tokenizer, batch_size=8, buffer_size=1, interleave=3)
+        data.set_epoch(0)
+        return data
+
+    data = dataset(biggest * 3 + biggest // 2)  # room for the three open shards, not a fourth
+    assert data.cache.pinned_shards == 3
+    seen = []
+    for batch in data:
+        seen += batch.ids.tolist()
+        held = sorted(data.cache._pinned)
+        assert all((data.cache.directory / "shards" / data.cache.manifest.shards[i].file).is_file() for i in held)
+    assert held == [0, 1, 2] and sorted(seen) == list(range(300))  # all three were read together, none evicted
+    with pytest.raises(Exception, match="--cache-limit .*too small for the 3 shards held at once"):
+        list(dataset(biggest * 2 + biggest // 2))  # three open shards need room for three

@@ -143,8 +143,9 @@ def info(directory: Annotated[str, typer.Argument(help="Cache folder or store UR
     cache = open_cache(directory, allow_partial=True, allow_writer=True, version=version)
     m = cache.manifest
     if cache.remote:  # from the manifest: no shard is fetched to describe a remote cache
-        total = sum(s.n_tokens for s in m.shards)
-        tokens = f"mean {total / max(len(cache), 1):.1f}, total {total:,} (from the manifest)"
+        total = sum(s.n_tokens for s in cache.shards)  # the manifest counts a shard's deleted rows too
+        deleted = ", deleted rows included" if len(cache.deleted_ids) else ""
+        tokens = f"mean {total / max(cache.id_rows, 1):.1f}, total {total:,} (from the manifest{deleted})"
     else:
         stats = cache.token_stats()
         tokens = (f"mean {stats['mean']:.1f}, median {stats['median']:.0f}, p95 {stats['p95']:.0f}, "

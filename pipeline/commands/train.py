@@ -87,7 +87,7 @@ def check_before_launch(cfg, nproc: int) -> None:
     from student.training.student_out import StudentOut
 
     cfg.validate()
-    open_cache(cfg.shards).check()
+    open_cache(cfg.shards).check(cfg.max_rows)
     StudentOut.open(cfg.out, cfg.shards).check(cfg.resume, cfg.force)  # a folder or a store URL
     if cfg.device.startswith("cuda") and torch.cuda.device_count() < nproc:
         raise UserError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s); use one per process")

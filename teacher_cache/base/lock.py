@@ -19,6 +19,8 @@ from teacher_cache.base.errors import CacheError, reason
 LOCK_NAME = ".tc.lock"
 # O_NOFOLLOW: a symlink planted at the lock path is refused by the OS instead of opened (and truncated) through
 OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+# a refused lock is tried PROBE_TRIES times, PROBE_WAIT_S apart: a holder() probe's shared lock is over by then
+PROBE_TRIES, PROBE_WAIT_S = 5, 0.02
 
 
 class FolderLock:
@@ -55,13 +57,14 @@ class FolderLock:
                         continue
                     raise CacheError(f"{self.flag} {self.folder}: cannot write a lock file ({reason(exc)})") from None
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = _lock_exclusive(fd)
                 except OSError as exc:
                     os.close(fd)
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise CacheError(f"{self.flag} {self.folder}: cannot lock ({reason(exc)})") from None
+                    raise CacheError(f"{self.flag} {self.folder}: cannot lock ({reason(exc)})") from None
+                if not locked:
+                    os.close(fd)
                     raise CacheError(f"{self.flag} {self.folder}: in use by {read_holder(self.path)}; wait for it "
-                                     "to finish or choose another folder") from None
+                                     "to finish or choose another folder")
                 if not _plain_file(fd):  # a hard link to someone's file, or not a file: never truncate it
                     os.close(fd)
                     if replaced:
@@ -123,6 +126,21 @@ class FolderLock:
                 os.close(self.fd)
             except OSError:
                 pass
+
+
+def _lock_exclusive(fd: int, tries: int = PROBE_TRIES) -> bool:
+    """Take the exclusive flock; False while another process holds it. A `holder()` probe holds a shared lock for
+    microseconds, so a refusal is tried again a few times before it counts as a holder."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            if attempt + 1 < tries:
+                time.sleep(PROBE_WAIT_S)
+    return False
 
 
 def _plain_file(fd: int) -> bool:
