@@ -23,7 +23,8 @@ import numpy as np
 
 from benchmarks.common import ROOT, machine
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
-from student.training.data import StreamingCacheDataset, validation_ids
+from student.training.data import StreamingCacheDataset
+from student.training.val_rows import validation_ids
 from teacher_cache.reader import open_cache
 
 RESULTS_FILE = ROOT / "benchmarks" / "results" / "shard_mix.jsonl"

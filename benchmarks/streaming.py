@@ -63,8 +63,9 @@ def make_cache(source: Path, target: Path, rows: int) -> Path:
 def worker(cache_dir: str, mode: str, steps: int, arch: str, batch_size: int) -> None:
     """Train `steps` batches from the stream or from arrays held in memory; print rows/s as JSON."""
     from student import Student, StudentConfig
-    from student.training.data import StreamingCacheDataset, read_rows
+    from student.training.data import StreamingCacheDataset
     from student.training.train import TrainConfig, make_optimizers, train_step
+    from student.training.val_rows import read_rows
     from teacher_cache import open_cache
 
     torch.manual_seed(0)

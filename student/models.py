@@ -36,6 +36,24 @@ def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
 
 
+def token_weight_table(cfg: StudentConfig) -> nn.Embedding | None:
+    """A learnt scalar weight per vocabulary entry, started at one (None unless `cfg.token_weights`)."""
+    if not cfg.token_weights:
+        return None
+    table = nn.Embedding(cfg.vocab_size, 1)
+    nn.init.ones_(table.weight)
+    return table
+
+
+def with_static_path(encoder: nn.Module, out: torch.Tensor, emb: torch.Tensor, input_ids: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """`out` plus the encoder's static path, static_proj(mean of w_t e_t), when it has one (cnn, bilstm)."""
+    if encoder.static_proj is None:
+        return out
+    weighted = emb if encoder.token_weights is None else emb * encoder.token_weights(input_ids)
+    return out + encoder.static_proj(masked_pool(weighted, mask, "mean"))
+
+
 class BiLSTMEncoder(nn.Module):
     """Word-piece embedding -> bidirectional LSTM -> pooling over time -> linear.
 
@@ -57,9 +75,7 @@ class BiLSTMEncoder(nn.Module):
                             dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.dropout = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(2 * cfg.hidden, cfg.out_dim)
-        self.token_weights = nn.Embedding(cfg.vocab_size, 1) if cfg.token_weights else None
-        if self.token_weights is not None:
-            nn.init.ones_(self.token_weights.weight)
+        self.token_weights = token_weight_table(cfg)
         self.static_proj = nn.Linear(cfg.emb_dim, cfg.out_dim) if cfg.static_path else None
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -71,10 +87,7 @@ class BiLSTMEncoder(nn.Module):
         states = self.packed_states(x, lengths) if exporting else self.dense_states(x, lengths)
         mask = length_mask(lengths, time)
         out = self.proj(self.dropout(masked_pool(states, mask, self.cfg.pooling)))
-        if self.static_proj is None:
-            return out
-        weighted = emb if self.token_weights is None else emb * self.token_weights(input_ids)
-        return out + self.static_proj(masked_pool(weighted, mask, "mean"))
+        return with_static_path(self, out, emb, input_ids, mask)
 
     def packed_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The LSTM's (batch, time, 2 * hidden) states over packed sequences (padding steps zero)."""
@@ -116,9 +129,7 @@ class CNNEncoder(nn.Module):
         self.convs = nn.ModuleList(nn.Conv1d(cfg.emb_dim, cfg.hidden, k, padding=k // 2) for k in cfg.kernel_sizes)
         self.dropout = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(cfg.hidden * len(cfg.kernel_sizes), cfg.out_dim)
-        self.token_weights = nn.Embedding(cfg.vocab_size, 1) if cfg.token_weights else None
-        if self.token_weights is not None:
-            nn.init.ones_(self.token_weights.weight)
+        self.token_weights = token_weight_table(cfg)
         self.static_proj = nn.Linear(cfg.emb_dim, cfg.out_dim) if cfg.static_path else None
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -129,10 +140,7 @@ class CNNEncoder(nn.Module):
         x = x.transpose(1, 2)
         pooled = [masked_pool(torch.relu(conv(x)).transpose(1, 2), mask, self.cfg.pooling) for conv in self.convs]
         out = self.proj(self.dropout(torch.cat(pooled, dim=-1)))
-        if self.static_proj is None:
-            return out
-        weighted = emb if self.token_weights is None else emb * self.token_weights(input_ids)
-        return out + self.static_proj(masked_pool(weighted, mask, "mean"))
+        return with_static_path(self, out, emb, input_ids, mask)
 
 
 class StaticEncoder(nn.Module):
@@ -147,9 +155,7 @@ class StaticEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
-        self.token_weights = nn.Embedding(cfg.vocab_size, 1) if cfg.token_weights else None
-        if self.token_weights is not None:
-            nn.init.ones_(self.token_weights.weight)
+        self.token_weights = token_weight_table(cfg)
         self.proj = nn.Linear(cfg.emb_dim, cfg.out_dim)
 
     def token_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
-from student.training.data import StreamingCacheDataset, validation_ids
+from student.training.data import StreamingCacheDataset
 from student.training.train import TrainConfig, train
+from student.training.val_rows import validation_ids
 from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli
 

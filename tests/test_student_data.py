@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from student.tokenizer import WordPieceTokenizer, read_tokenizer_files
-from student.training.data import StreamingCacheDataset, read_rows, validation_ids
+from student.training.data import StreamingCacheDataset, interleave
+from student.training.val_rows import read_rows, validation_ids
 from teacher_cache import open_cache
 
 
@@ -130,3 +131,13 @@ def test_read_rows(tiny_cache):
     assert texts == cache.texts(ids)
     np.testing.assert_allclose(vectors, cache.vectors("embedding_cls", ids))
     assert torch.from_numpy(vectors).dtype == torch.float32
+
+
+def test_interleave_keeps_each_stream_in_order_and_runs_the_open_ones_out_together():
+    streams = [(n, iter([(s, i) for i in range(n)])) for s, n in enumerate([50, 10, 40, 5])]
+    rows = list(interleave(iter(streams), 2, np.random.default_rng(0)))
+    assert sorted(rows) == sorted((s, i) for s, n in enumerate([50, 10, 40, 5]) for i in range(n))
+    for s in range(4):
+        assert [i for t, i in rows if t == s] == list(range([50, 10, 40, 5][s]))  # in order within a stream
+    assert {t for t, _ in rows[:20]} == {0, 1}  # two open at a time, in the streams' order
+    assert rows.index((2, 0)) > rows.index((1, 9))  # the third opens once the second has run out

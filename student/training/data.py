@@ -1,4 +1,4 @@
-"""Streaming the cache into training batches: validation split by id, shuffled shards, bounded buffers.
+"""Streaming the cache into training batches: shuffled shards, bounded buffers (the validation rows: val_rows.py).
 
 Memory is set by the open shards' texts (one, or --interleave-shards N read at once so that a batch mixes N
 shards: a cache written in corpus order holds one book or one source per shard), the shuffle buffer and the
@@ -8,117 +8,45 @@ Every random choice comes from (seed, epoch, stream), so an epoch can be replaye
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from student.tokenizer import WordPieceTokenizer
-from teacher_cache.base.atomic import atomic_path
 from teacher_cache.reader import TeacherCache, open_cache
 from teacher_cache.shards import vectors_of
 
-VAL_SALT = 0x5EED_7A1  # fixed: the validation rows do not change with the training seed
 Row = tuple[int, str, np.ndarray, int]  # id, text, teacher vector, n_tokens
 Segment = tuple[int, int, int]  # shard index, first and end (exclusive) position among its training rows
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a fixed, well-spread hash of uint64 values."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def validation_ids(n_rows: int, val_rows: int, chunk: int = 1 << 20, exclude: np.ndarray | None = None) -> np.ndarray:
-    """The `val_rows` ids in [0, n_rows) with the smallest hash, less the sorted ids `exclude` (rows a version
-    deleted): sorted, stable across runs, seeds and resumes."""
-    if val_rows <= 0:
-        return np.zeros(0, dtype=np.int64)
-    best_ids, best_keys = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-    for start in range(0, n_rows, chunk):
-        ids = np.arange(start, min(start + chunk, n_rows), dtype=np.int64)
-        if exclude is not None and len(exclude):
-            ids = ids[~np.isin(ids, exclude, assume_unique=True)]
-        keys = _mix64(ids.astype(np.uint64) + np.uint64(VAL_SALT))
-        ids, keys = np.concatenate([best_ids, ids]), np.concatenate([best_keys, keys])
-        keep = np.argpartition(keys, val_rows - 1)[:val_rows] if len(keys) > val_rows else slice(None)
-        best_ids, best_keys = ids[keep], keys[keep]
-    return np.sort(best_ids)
-
-
-def read_rows(cache: TeacherCache, ids: np.ndarray, column: str,
-              targets: tuple[str, ...] | None = None) -> tuple[list[str], np.ndarray]:
-    """Texts and float32 vectors (`column`, or the targets of the teachers `targets`: TeacherCache.read_targets)
-    of the given sorted ids, reading only the shards that hold them.
-
-    A remote cache keeps them in its local mirror (an Arrow file named by the cache's content and the ids), since
-    validation ids touch every shard: the first run fetches each shard once for them, later runs and resumes none.
-    """
-    kept = remembered_rows(cache, ids, column)
-    if kept is not None:
-        return kept
-    texts: list[str] = []
-    parts: list[np.ndarray] = []
-    cache.schedule([i for i, s in enumerate(cache.manifest.shards)
-                    if np.any((ids >= s.id_start) & (ids <= s.id_end))])
-    for index, info in enumerate(cache.manifest.shards):
-        local = ids[(ids >= info.id_start) & (ids <= info.id_end)] - info.id_start
-        if len(local) == 0:
-            continue
-        if targets is not None:  # several teachers (or a side one): their vectors of the shard, then these rows
-            texts += cache.read_shard(index, ["text"]).take(pa.array(local)).column("text").to_pylist()
-            parts.append(cache.read_targets(index, list(targets), column)[local])
-            continue
-        table = cache.read_shard(index, ["text", column]).take(pa.array(local))
-        texts += table.column("text").to_pylist()
-        parts.append(np.asarray(vectors_of(table, column), dtype=np.float32))
-    dim = cache.dim if targets is None else cache.target_dim(list(targets))
-    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    if cache.remote and len(ids):
-        remember_rows(cache, ids, column, texts, vectors)
-    return texts, vectors
-
-
-def rows_file(cache: TeacherCache, ids: np.ndarray, column: str) -> Path:
-    """Where a remote cache's mirror keeps the rows of `ids` (named by the cache's content, column and ids)."""
-    key = hashlib.sha256(f"{cache.manifest.content_fingerprint()}:{column}:".encode() + ids.tobytes()).hexdigest()
-    return cache.directory / f"rows-{key[:24]}.arrow"
-
-
-def remembered_rows(cache: TeacherCache, ids: np.ndarray, column: str) -> tuple[list[str], np.ndarray] | None:
-    """The rows of `ids` kept in a remote cache's mirror by an earlier run, or None."""
-    if not cache.remote or not len(ids):
-        return None
-    path = rows_file(cache, np.asarray(ids, dtype=np.int64), column)
-    try:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    except (OSError, pa.ArrowInvalid):  # not there (or a torn copy): read the shards
-        return None
-    if table.num_rows != len(ids) or not np.array_equal(table.column("id").to_numpy(), ids):
-        return None
-    return table.column("text").to_pylist(), np.array(vectors_of(table, "vector"), dtype=np.float32)  # a copy:
-    # the mapped file is read-only, and torch will not take a read-only array without a warning
-
-
-def remember_rows(cache: TeacherCache, ids: np.ndarray, column: str, texts: list[str], vectors: np.ndarray) -> None:
-    """Keep the rows of `ids` in a remote cache's mirror (temporary name, then rename)."""
-    table = pa.table({"id": pa.array(np.asarray(ids, dtype=np.int64)), "text": pa.array(texts, pa.string()),
-                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])})
-    path = rows_file(cache, np.asarray(ids, dtype=np.int64), column)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), table.schema) as writer:
-            writer.write_table(table)
-    except OSError:  # only a saving for the next run: a full disk must not stop this one
-        pass
+def interleave(streams: Iterator[tuple[int, Iterator[Row]]], width: int, pick: np.random.Generator) -> Iterator[Row]:
+    """The rows of (size, rows) `streams`, `width` of them open at once in order: each next row is drawn (by `pick`)
+    from an open stream with probability proportional to the rows it has left, so the open ones run out together."""
+    open_: list[list] = []  # [rows left, row iterator] of each open stream
+    uniforms: Iterator[float] = iter(())
+    while True:
+        while len(open_) < width and (stream := next(streams, None)) is not None:
+            open_.append(list(stream))
+        if not open_:
+            return
+        u = next(uniforms, None)
+        if u is None:  # draws in blocks: one numpy call per 4,096 rows, not per row
+            uniforms = iter(pick.random(4096).tolist())
+            u = next(uniforms)
+        target, chosen = u * sum(n for n, _ in open_), 0
+        while target >= open_[chosen][0] and chosen < len(open_) - 1:
+            target -= open_[chosen][0]
+            chosen += 1
+        open_[chosen][0] -= 1
+        yield next(open_[chosen][1])
+        if open_[chosen][0] == 0:
+            open_.pop(chosen)
 
 
 @dataclass
@@ -158,6 +86,7 @@ class StreamingCacheDataset(IterableDataset):
         self.interleave = interleave
         # every epoch reads the shards of this one manifest; the trainer re-checks between epochs that it still holds
         self.cache = cache_dir if isinstance(cache_dir, TeacherCache) else open_cache(cache_dir)
+        self.cache.pinned_shards = max(self.cache.pinned_shards, interleave)  # a remote cache keeps the open ones
         self.cache_dir = self.cache.location
         self.shards = self.cache.shards  # the version read: a prefix of the manifest's shards
         self.epoch, self.skip_batches = 0, 0
@@ -252,25 +181,9 @@ class StreamingCacheDataset(IterableDataset):
             for segment in segments:
                 yield from self._segment_rows(cache, segment, rng)
             return
-        waiting = [s for s in reversed(segments) if s[2] > s[1]]  # popped from the end: in order
-        open_: list[list] = []  # [rows left, row iterator] of each open segment
-        uniforms = iter(())
-        while waiting or open_:
-            while waiting and len(open_) < self.interleave:
-                segment = waiting.pop()
-                open_.append([segment[2] - segment[1], self._segment_rows(cache, segment, rng)])
-            u = next(uniforms, None)
-            if u is None:  # draws in blocks: one numpy call per 4,096 rows, not per row
-                uniforms = iter(pick.random(4096).tolist())
-                u = next(uniforms)
-            target, chosen = u * sum(n for n, _ in open_), 0
-            while target >= open_[chosen][0] and chosen < len(open_) - 1:
-                target -= open_[chosen][0]
-                chosen += 1
-            open_[chosen][0] -= 1
-            yield next(open_[chosen][1])
-            if open_[chosen][0] == 0:
-                open_.pop(chosen)
+        sized = ((end - first, self._segment_rows(cache, (index, first, end), rng))
+                 for index, first, end in segments if end > first)
+        yield from interleave(sized, self.interleave, pick)
 
     def _segment_rows(self, cache: TeacherCache, segment: Segment, rng: np.random.Generator) -> Iterator[Row]:
         """The training rows of one segment, permuted."""

@@ -22,7 +22,7 @@ from student.student import Student
 from student.training import distributed
 from student.training.card import write_run_files
 from student.training.checkpoint import load_checkpoint, save_checkpoint
-from student.training.data import Batch, StreamingCacheDataset, read_rows, validation_ids
+from student.training.data import Batch, StreamingCacheDataset
 from student.training.evaluate import evaluate
 from student.training.init import add_vocab_words, init_embeddings
 from student.training.losses import loss_fn
@@ -31,6 +31,7 @@ from student.training.plan import RunPlan, RunState, plan_run, schedule
 from student.training.runtime import autocast_dtype, deferred_interrupt, resolve_device
 from student.training.student_out import StudentOut
 from student.training.train_config import TrainConfig
+from student.training.val_rows import read_rows, validation_ids
 from teacher_cache.base.errors import CacheError, Terminated, UserError
 from teacher_cache.base.progress import Progress, log
 from teacher_cache.reader import cache_change, open_cache
@@ -202,7 +203,9 @@ def _train(cfg: TrainConfig) -> dict:
     amp = autocast_dtype(device, cfg.precision)
     cache = open_cache(cfg.shards, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit,  # refused while written
                        download_rate=cfg.download_rate, version=cfg.version)
-    cache.check_before_use()  # every shard before --force clears anything (a remote one: sizes; sha256 on arrival)
+    # every shard it reads (all, or those of the first --max-rows ids) before --force clears anything (a remote
+    # cache: sizes; sha256 on arrival)
+    cache.check_before_use(cfg.max_rows)
     plan = plan_run(cfg, cache, ddp)
     plan = add_vocab_words(plan, cache, cfg.vocab_words)  # --vocab-words: the tokenizer files and vocab_size
     out = plan.out
