@@ -1,7 +1,11 @@
 """GLUE comparison (the paper's table): does SRA pre-training beat task-specific distillation alone?
 
 Usage: .venv/bin/python -m benchmarks.glue --sra-student benchmarks/work/students/compact-100k --full
-           [--tasks rte,mrpc,stsb,cola,sst2] [--seeds 0,1,2] [--augment 1] [--epochs 3] [--quick] [--report-only]
+           [--tasks rte,mrpc,stsb,cola,sst2] [--seeds 0,1,2] [--augment 1] [--epochs 3] [--rows random,sra]
+           [--section NAME] [--quick] [--report-only]
+Example (a CoLA diagnosis beside the full table: rows (1) and (3) only, a higher encoder learning rate):
+    .venv/bin/python -m benchmarks.glue --sra-student benchmarks/work/students/compact-100k --tasks cola \
+        --rows random,sra --encoder-lr 1e-3 --section cola-encoder-lr-1e-3
 
 Rows per task (students share the head, data order per seed and settings):
 (1) the SRA student's architecture, random init, fine-tuned;  (2) the same + task KD (~ Tang et al.'s BiLSTM_SOFT);
@@ -13,9 +17,11 @@ Rows per task (students share the head, data order per seed and settings):
 STS-B test sets. Similarity tasks (STS-B) use the cosine head (the fine-tuned folder stays a sentence encoder).
 
 Resumable: every finished (task, row, seed) is appended to <work>/<settings>/results.jsonl at once and the table
-in benchmarks/RESULTS.md is regenerated from that file; a rerun with the same settings skips finished rows, so the
-benchmark may span sessions (run it with nohup). --quick (200 train / 200 eval rows, 1 epoch, 1 seed) prints the
-table without touching RESULTS.md unless --write.
+in benchmarks/RESULTS.md (section glue:full, glue:first-N or glue:NAME with --section) is regenerated from that file;
+the task teacher and its logits are kept under <work>/teachers/ and shared by every run with the same teacher
+settings (a run that changes only the students' settings fine-tunes no teacher again); a rerun with the same
+settings skips finished rows, so the benchmark may span sessions (run it with nohup). --quick (200 train / 200 eval
+rows, 1 epoch, 1 seed) prints the table without touching RESULTS.md unless --write.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from finetune.tasks import TASKS, resolve_data_dir
 from finetune.teachers import cache_logits, finetune_teacher, load_finetuned_teacher
 from student import Student, StudentConfig
 from student.tokenizer import read_tokenizer_files
+from teacher_cache.base.atomic import atomic_path
 
 ROWS = {"random": "(1) random init", "random_kd": "(2) random init + task KD", "sra": "(3) SRA student",
         "sra_kd": "(4) SRA student + task KD", "teacher": "(5) task teacher (MiniLM-L6 FT)"}
@@ -58,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2", help="in this order (cheapest first)")
     p.add_argument("--full", action="store_true", help="every training row, seeds 0,1,2 (the issue's table)")
     p.add_argument("--seeds", default=None, help="comma-separated student seeds (default 0; --full 0,1,2)")
+    p.add_argument("--rows", default=",".join(STUDENT_ROWS),
+                   help=f"the student rows to run, comma-separated (default all: {','.join(STUDENT_ROWS)})")
+    p.add_argument("--section", default=None, help="RESULTS.md section glue:NAME (default glue:full, or "
+                   "glue:first-N with --max-train-rows), so a diagnosis does not replace the full table")
     p.add_argument("--max-train-rows", type=int, default=None, help="cap every task's training rows")
     p.add_argument("--max-eval-rows", type=int, default=None)
     p.add_argument("--epochs", type=int, default=3, help="student epochs")
@@ -86,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.work = args.work.with_name(args.work.name + "-quick")
     args.seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.full else "0")).split(",")]
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for row in args.rows:
+        if row not in STUDENT_ROWS:
+            p.error(f"--rows {row}: choose from {', '.join(STUDENT_ROWS)}")
     for task in args.tasks:
         if task not in TASKS:
             p.error(f"--tasks {task}: choose from {', '.join(TASKS)}")
@@ -98,8 +113,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+TEACHER_KEYS = ("teacher_epochs", "teacher_lr", "batch_size", "max_train_rows", "max_eval_rows", "select", "teacher")
+
+
+def teacher_folder(args: argparse.Namespace, task: str) -> Path:
+    """Where the task teacher and its logits live: one folder per teacher setting and --augment, shared by runs."""
+    settings = {k: getattr(args, k) for k in TEACHER_KEYS} | {"augment": args.augment, "data_dir": str(args.data_dir)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return args.work / "teachers" / digest / task
+
+
 def settings_of(args: argparse.Namespace) -> dict:
-    """What the figures depend on (not the tasks or seeds run): a change starts a new results file."""
+    """What the figures depend on (not the tasks, seeds or rows run): a change starts a new results file."""
     keys = ("epochs", "teacher_epochs", "lr", "encoder_lr", "similarity_lr", "teacher_lr", "batch_size", "kd_alpha",
             "augment", "select", "max_train_rows", "max_eval_rows", "teacher")
     return {**{k: getattr(args, k) for k in keys}, "sra_student": str(args.sra_student.resolve())}
@@ -169,27 +194,35 @@ def run_task(task: str, args: argparse.Namespace, results: Results) -> None:
     base = dict(task=task, data_dir=args.data_dir, batch_size=args.batch_size, max_train_rows=args.max_train_rows,
                 max_eval_rows=args.max_eval_rows, select=args.select, interpolate="off", force=True,
                 quiet=True)
-    teacher_dir, logits_dir = work / "teacher", work / "logits"
+    shared = teacher_folder(args, task)
+    teacher_dir, logits_dir = shared / "teacher", shared / "logits"
     if results.get(task, "teacher", 0) is None:
-        log(f"[{task}] fine-tuning the task teacher ({args.teacher_epochs} epochs)")
-        started = time.perf_counter()
-        metrics = finetune_teacher(FinetuneConfig(model=args.teacher, out=str(teacher_dir), epochs=args.teacher_epochs,
-                                                  lr=args.teacher_lr, seed=0, **base))
-        wall = time.perf_counter() - started
-        results.add({"task": task, "row": "teacher", "seed": 0, **summary(
-            metrics, wall, examples_per_second("teacher", teacher_dir, task, data_dir, args.max_eval_rows))})
+        record = kept_record(shared / "teacher.json")
+        if record is None:
+            log(f"[{task}] fine-tuning the task teacher ({args.teacher_epochs} epochs)")
+            started = time.perf_counter()
+            metrics = finetune_teacher(FinetuneConfig(model=args.teacher, out=str(teacher_dir),
+                                                      epochs=args.teacher_epochs, lr=args.teacher_lr, seed=0, **base))
+            wall = time.perf_counter() - started
+            record = keep_record(shared / "teacher.json", {"task": task, "row": "teacher", "seed": 0, **summary(
+                metrics, wall, examples_per_second("teacher", teacher_dir, task, data_dir, args.max_eval_rows))})
+        results.add(record)
     if results.get(task, "logits", 0) is None:
-        log(f"[{task}] caching the teacher's logits (+{args.augment} variants per row)")
-        started = time.perf_counter()
-        manifest = cache_logits(LogitsConfig(model=str(teacher_dir), out=str(logits_dir), data_dir=args.data_dir,
-                                             max_rows=args.max_train_rows, augment=args.augment, force=True,
-                                             quiet=True))
-        results.add({"task": task, "row": "logits", "seed": 0, "rows": manifest.rows,
-                     "train_rows": manifest.extra["train_rows"], "wall_s": round(time.perf_counter() - started, 1)})
+        record = kept_record(shared / "logits.json")
+        if record is None:
+            log(f"[{task}] caching the teacher's logits (+{args.augment} variants per row)")
+            started = time.perf_counter()
+            manifest = cache_logits(LogitsConfig(model=str(teacher_dir), out=str(logits_dir), data_dir=args.data_dir,
+                                                 max_rows=args.max_train_rows, augment=args.augment, force=True,
+                                                 quiet=True))
+            record = keep_record(shared / "logits.json", {
+                "task": task, "row": "logits", "seed": 0, "rows": manifest.rows,
+                "train_rows": manifest.extra["train_rows"], "wall_s": round(time.perf_counter() - started, 1)})
+        results.add(record)
     similarity = TASKS[task].pair and TASKS[task].regression  # the cosine head: the encoder's rate is all there is
     lr, encoder_lr = (args.similarity_lr, None) if similarity else (args.lr, args.encoder_lr)
     for seed in args.seeds:
-        for row in STUDENT_ROWS:
+        for row in args.rows:
             if results.get(task, row, seed) is not None:
                 continue
             model = args.sra_student if row.startswith("sra") else random_student(
@@ -206,6 +239,18 @@ def run_task(task: str, args: argparse.Namespace, results: Results) -> None:
             results.add({"task": task, "row": row, "seed": seed, **summary(metrics, wall, speed)})
             shutil.rmtree(out)  # a student folder per run would fill the disk; the figures are kept
             write_report(args, results)
+
+
+def kept_record(path: Path) -> dict | None:
+    """A shared teacher's or logits' finished record (None until the step that writes it has finished)."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def keep_record(path: Path, record: dict) -> dict:
+    """Write a shared step's record last (temporary name, then rename), so a torn step is redone; return it."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record) + "\n")
+    return record
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -293,7 +338,7 @@ def report(args: argparse.Namespace, results: Results) -> str:
             costs.append(f"{task}: {logits['train_rows']:,} rows + {logits['rows'] - logits['train_rows']:,} "
                          f"variants, {logits['wall_s'] / 60:.1f} min")
     finished = sum(1 for r in results.rows if r["row"] in ROWS)
-    planned = len(args.tasks) * (1 + 4 * len(args.seeds))
+    planned = len(args.tasks) * (1 + len(args.rows) * len(args.seeds))
     rows = "every training row" if args.max_train_rows is None else f"the first {args.max_train_rows:,} training rows"
     metric_names = "MRPC F1 / acc, CoLA Matthews / acc, STS-B Pearson / Spearman, else accuracy"
     kept = ("best on training rows held out from training (every k-th, at most 2,000)" if args.select == "holdout"
@@ -332,7 +377,8 @@ def write_report(args: argparse.Namespace, results: Results) -> None:
     section = report(args, results)
     if args.quick and not args.write:
         return
-    marker = "glue:full" if args.max_train_rows is None else f"glue:first-{args.max_train_rows}"
+    marker = f"glue:{args.section}" if args.section else (
+        "glue:full" if args.max_train_rows is None else f"glue:first-{args.max_train_rows}")
     replace_section(marker, section)
 
 
