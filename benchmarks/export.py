@@ -8,7 +8,9 @@ in this one process, one after the other on the same sentences (the bundled samp
 (torch) and OnnxStudent.encode (onnxruntime, the same thread count) at float32 / float16 / int8, each export's
 size on disk and STS-B test Spearman; for static students also the model2vec exports (float32 / float16 / int8)
 encoded by model2vec's own StaticModel, and a 256-wide random StaticModel of the teacher's vocabulary (the shape
-of model2vec's distill(pca_dims=256) baseline). Encode rates are the best of --repeats runs after a warm-up.
+of model2vec's distill(pca_dims=256) baseline). Encode rates are the best of --repeats runs after a warm-up; the
+teacher (the bundled all-MiniLM-L6-v2 through this project's length-sorted encoder, or --teacher) encodes the same
+sentences once in the same process, so every "x teacher" ratio comes from one run (--no-teacher leaves it out).
 Appends one section to benchmarks/RESULTS.md.
 """
 
@@ -41,6 +43,15 @@ def rate(encode: Callable[[list[str]], np.ndarray], texts: list[str], repeats: i
     return len(texts) / best
 
 
+def measure_teacher(name: str | None, texts: list[str]) -> float:
+    """The teacher's sentences/s on `texts` (this project's length-sorted encoder): one pass after a warm-up."""
+    from teacher_cache.encode.batching import teacher_encoder
+
+    rate_ = rate(teacher_encoder(name), texts, repeats=1)
+    print("teacher", f"{rate_:,.1f}/s", flush=True)
+    return rate_
+
+
 def find_students(root: Path) -> list[Path]:
     """Student folders (config.json with an "arch") up to two levels below `root`."""
     import json
@@ -65,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-append", action="store_true", help="print the section only")
+    parser.add_argument("--teacher", default=None, help="teacher folder or hub name (default: the bundled one)")
+    parser.add_argument("--no-teacher", action="store_true", help="leave the teacher's speed out")
     args = parser.parse_args()
 
     import torch
@@ -83,6 +96,7 @@ def main() -> None:
     stsb = load_task("sts-b")
     bs = args.batch_size
     speed_rows, quant_rows, m2v_rows = [], [], []
+    teacher_rate = None if args.no_teacher else measure_teacher(args.teacher, texts)
     work = Path(tempfile.mkdtemp(prefix="tc-export-bench-"))
     for folder in students:
         student = Student.from_pretrained(folder)
@@ -132,9 +146,14 @@ def main() -> None:
              "every model in one process one after the other. STS-B: bundled test set, cosine Spearman x100. "
              "Cosine: the smallest over 1,000 sentences between the export and the torch student.", "",
              "### Encode speed: onnxruntime vs torch", "",
-             "| student | arch | torch sentences/s | onnxruntime float32 | × torch | onnxruntime int8 | × torch |",
-             "|---|---|---|---|---|---|---|"]
+             "| student | arch | torch sentences/s | onnxruntime float32 | × torch | onnxruntime int8 | × torch |"
+             + (" torch × teacher | onnx float32 × teacher | onnx int8 × teacher |" if teacher_rate else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|---|" if teacher_rate else "")]
+    if teacher_rate:
+        lines.insert(-2, f"Teacher: {teacher_rate:,.1f} sentences/s on the same sentences in this process (one pass "
+                         "after a warm-up).\n")
     lines += [f"| {n} | {a} | {t:,.0f} | {o:,.0f} | {o / t:.2f} | {q:,.0f} | {q / t:.2f} |"
+              + (f" {t / teacher_rate:.1f} | {o / teacher_rate:.1f} | {q / teacher_rate:.1f} |" if teacher_rate else "")
               for n, a, t, o, q in speed_rows]
     lines += ["", "### Quantised weights: size on disk and STS-B test", "",
               "| student | format | dtype | weights on disk (MiB) | STS-B test | change (points) | min cosine |",

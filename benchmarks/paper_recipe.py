@@ -1,4 +1,5 @@
-"""The issue's `paper` recipe end to end: the paper's BiLSTM distilled from the base-size all-mpnet-base-v2.
+"""The paper's BiLSTM end to end (`--recipe paper-512`, the paper's sizes; `paper` before #24), distilled from the
+base-size all-mpnet-base-v2.
 
 Usage: .venv/bin/python -m benchmarks.paper_recipe [--rows 60000] [--probe-rows 2000] [--work benchmarks/work]
                                                    [--device cpu] [--dry-run]
@@ -8,7 +9,7 @@ Resumable: run the same command again after a crash, a kill or a reboot and each
      for the evaluation; small, so done first: a problem shows in minutes, not after the long encode)
   3. tc encode the first --rows rows of <work>/distill.txt into <work>/cache-mpnet (shards of 10,000 rows; tc encode
      resumes after its last complete shard by itself)
-  4. tc train-student --recipe paper from <work>/cache-mpnet into <work>/students/paper-mpnet (with --resume when a
+  4. tc train-student --recipe paper-512 from <work>/cache-mpnet into <work>/students/paper-mpnet (with --resume when a
      checkpoint is there)
 An encode step is skipped when its manifest says complete, the training step when the student folder holds a
 finished run (training_args.json and no checkpoint). `python -m benchmarks.corpora` writes the two sentence files.
@@ -91,14 +92,14 @@ def encode_step(name: str, corpus: Path, out: Path, rows: int, teacher: Path, sh
 
 
 def train_step(shards: Path, out: Path, device: str, dry_run: bool) -> None:
-    """tc train-student --recipe paper, resumed from its checkpoint when there is one, skipped when finished."""
+    """tc train-student --recipe paper-512, resumed from its checkpoint when there is one, skipped when finished."""
     finished = (out / "training_args.json").exists() and not (out / CHECKPOINT).exists()
     if finished:
         say(f"train: {rel(out)} holds a finished student; skipped")
         return
     resume = (out / CHECKPOINT).exists()
     say(f"train: {'resuming' if resume else 'training'} the paper recipe's BiLSTM into {rel(out)}")
-    run_tc(["train-student", "--recipe", "paper", "--shards", rel(shards), "--out", rel(out), "--device", device,
+    run_tc(["train-student", "--recipe", "paper-512", "--shards", rel(shards), "--out", rel(out), "--device", device,
             *(["--resume"] if resume else [])], dry_run)
 
 

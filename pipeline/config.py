@@ -46,7 +46,7 @@ class DemoConfig(Checked):
 
     out: Path = setting(Path("demo"), "Folder for the cache, student, probe report and summary.")
     corpus: list[str] | None = setting(None, "Corpus file(s) (default: the bundled 5,000 sentences).")
-    recipe: str = setting("static", "Student recipe: static, compact or paper (see `tc train-student --help`).")
+    recipe: str = setting("static", "Student recipe: static, compact, paper or paper-512 (`tc train-student --help`).")
     arch: str | None = setting(None, "Student: bilstm, cnn or static.")
     epochs: int | None = setting(None, "Training epochs.", check=EPOCHS)
     lr: float | None = setting(None, "Peak learning rate.", check=positive)

@@ -133,7 +133,7 @@ def test_train_student_never_saves_non_finite_weights(tiny_cache, tmp_path, monk
     monkeypatch.setattr(train_module, "train_step", poisoned)
     out = tmp_path / "s"
     cfg = TrainConfig(shards=str(tiny_cache), out=str(out), emb_dim=16, hidden=16, epochs=1, batch_size=16,
-                      lr=1e-2, val_rows=30, quiet=True, max_steps=1, recipe="paper")
+                      lr=1e-2, val_rows=30, quiet=True, max_steps=1, recipe="paper-512")
     with pytest.raises(UserError, match=r"training diverged at epoch 1 step 1 \(weights not finite\)"):
         train(cfg)
     assert not (out / "checkpoint").exists()

@@ -112,7 +112,7 @@ def test_resume_refuses_a_cache_with_other_content(tiny_cache, teacher_dir, corp
     encode_corpus(EncodeConfig(corpus=[str(corpus_file)], out=other, teacher=str(teacher_dir),
                                pooling=["mean", "cls"], shard_size=50, max_length=64, quiet=True, precision="fp32"))
     cfg = TrainConfig(shards=str(tiny_cache), out=str(tmp_path / "s"), emb_dim=16, hidden=16,
-                      batch_size=16, val_rows=30, max_steps=2, quiet=True, recipe="paper")
+                      batch_size=16, val_rows=30, max_steps=2, quiet=True, recipe="paper-512")
     train(cfg)
     cfg.resume, cfg.max_steps = True, 4
     with pytest.raises(CacheError, match=r"other settings \(cache\.fingerprint: '[0-9a-f]+' != '[0-9a-f]+'\)"):

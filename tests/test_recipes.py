@@ -195,7 +195,7 @@ def test_the_cli_uses_the_static_recipe_by_default_and_refuses_a_bad_recipe(tiny
     code, _, err = run_cli(capsys, "train-student", "--shards", tiny_cache, "--out", tmp_path / "t", "--recipe",
                            "fastest")
     assert code != 0 and error_lines(err) == ["error: --recipe fastest: unknown recipe; choose one of "
-                                              "static, compact, paper"]
+                                              "static, compact, paper, paper-512"]
 
 
 def test_outputs_init_needs_a_cache_that_carries_them(tiny_cache, tmp_path):

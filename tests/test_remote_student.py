@@ -19,8 +19,8 @@ from tests.helpers import one_line, run_cli
 pytest.importorskip("moto.server")
 
 # a 16-wide BiLSTM on the 300-row tiny cache, one thread: 17 steps an epoch, no checkpoint but the epoch ends'
-TINY = ["--recipe", "paper", "--emb-dim", "16", "--hidden", "16", "--batch-size", "16", "--lr", "0.01", "--val-rows",
-        "30", "--checkpoint-every", "0", "--seed", "3", "--quiet"]
+TINY = ["--recipe", "paper-512", "--emb-dim", "16", "--hidden", "16", "--batch-size", "16", "--lr", "0.01",
+        "--val-rows", "30", "--checkpoint-every", "0", "--seed", "3", "--quiet"]
 
 
 def train_args(cache: Path, out: str | Path, *more: str) -> list[str]:

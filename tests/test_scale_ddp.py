@@ -21,8 +21,8 @@ from teacher_cache import open_cache
 from tests.helpers import error_lines, run_cli
 
 # batch 8 per rank x 2 ranks = the 1-process run's batch 16; 135 training rows per rank -> 17 steps per epoch
-TINY = ("--recipe", "paper", "--emb-dim", "16", "--hidden", "16", "--epochs", "2", "--lr", "1e-2", "--val-rows", "30",
-        "--checkpoint-every", "0", "--eval-every", "7", "--quiet")
+TINY = ("--recipe", "paper-512", "--emb-dim", "16", "--hidden", "16", "--epochs", "2", "--lr", "1e-2",
+        "--val-rows", "30", "--checkpoint-every", "0", "--eval-every", "7", "--quiet")
 STEPS_PER_EPOCH = 17
 HOOKS = Path(__file__).resolve().parent / "hooks"
 
@@ -72,7 +72,7 @@ def test_two_ranks_train_as_well_as_one(ddp_run, tiny_cache, tmp_path):
     two = json.loads((ddp_run / "student" / "metrics.json").read_text())
     one = train(TrainConfig(shards=str(tiny_cache), out=str(tmp_path / "one"), emb_dim=16, hidden=16, epochs=2,
                             lr=1e-2, val_rows=30, checkpoint_every=0, eval_every=7, quiet=True, batch_size=16,
-                            recipe="paper"))
+                            recipe="paper-512"))
     assert two["steps"] == one["steps"] == 2 * STEPS_PER_EPOCH and two["rows_seen"] == one["rows_seen"] == 540
     assert two["final"]["val_mse"] < 0.5 * two["initial"]["val_mse"]
     assert two["final"]["val_mse"] == pytest.approx(one["final"]["val_mse"], rel=0.2)

@@ -20,7 +20,7 @@ from student.training.train import TrainConfig, train
 from teacher_cache import open_cache
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--recipe", "paper", "--emb-dim", "16", "--hidden", "16", "--batch-size", "16", "--lr", "0.01",
+TINY = ["--recipe", "paper-512", "--emb-dim", "16", "--hidden", "16", "--batch-size", "16", "--lr", "0.01",
         "--val-rows", "30"]
 
 
@@ -163,7 +163,7 @@ def test_sigkill_and_ctrl_c_then_resume_match_an_uninterrupted_run(tiny_cache, t
 
     whole = tmp_path / "whole"
     train(TrainConfig(shards=str(tiny_cache), out=str(whole), emb_dim=16, hidden=16, batch_size=16, lr=0.01,
-                      val_rows=30, epochs=15, quiet=True, recipe="paper"))
+                      val_rows=30, epochs=15, quiet=True, recipe="paper-512"))
     a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

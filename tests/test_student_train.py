@@ -18,7 +18,7 @@ from teacher_cache.base.errors import CacheError, UserError
 
 def config(cache, out, **kw) -> TrainConfig:
     """A tiny, quiet run: embedding 16, hidden 16, 30 validation rows, batch 16 (17 steps per epoch)."""
-    args = {"recipe": "paper", "emb_dim": 16, "hidden": 16, "epochs": 1, "batch_size": 16, "lr": 1e-2,
+    args = {"recipe": "paper-512", "emb_dim": 16, "hidden": 16, "epochs": 1, "batch_size": 16, "lr": 1e-2,
             "val_rows": 30, "quiet": True, "checkpoint_every": 0} | kw
     return TrainConfig(shards=str(cache), out=str(out), **args)
 

@@ -44,7 +44,8 @@ class TrainConfig(Checked):
 
     # (recipe=None, from Python: no recipe, the knobs it would fill take student/training/recipes.py BARE)
     recipe: str | None = setting("static", "A measured recipe to start from: static (default; ~35x the teacher's "
-                                           "speed), compact or paper (the paper's BiLSTM); "
+                                           "speed), compact, paper (the paper's BiLSTM, hidden 128 on a "
+                                           "static path) or paper-512 (the paper's sizes and MSE loss); "
                                            "student/training/recipes.py. Every other option overrides it.")
     # data
     shards: str = setting("out", "Cache written by `tc encode`: a folder or a store URL (s3://bucket/prefix).")
