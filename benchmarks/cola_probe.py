@@ -15,7 +15,6 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -23,24 +22,17 @@ import numpy as np
 import torch
 
 from benchmarks.common import ROOT, machine, replace_section
+from benchmarks.glue import GLUE_DIR
+from finetune.metrics import compute_metrics
+from finetune.task_data import load_split
+from finetune.tasks import TASKS
 
-GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def read_cola(path: Path) -> tuple[list[str], np.ndarray]:
-    """CoLA's sentences and 0/1 labels (GLUE layout: source, label, original mark, sentence; no header)."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [r[3] for r in rows], np.array([int(r[1]) for r in rows])
-
-
 def mcc(y: np.ndarray, p: np.ndarray) -> float:
-    """Matthews correlation of 0/1 labels and predictions."""
-    tp, tn = float(((p == 1) & (y == 1)).sum()), float(((p == 0) & (y == 0)).sum())
-    fp, fn = float(((p == 1) & (y == 0)).sum()), float(((p == 0) & (y == 1)).sum())
-    denom = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
-    return (tp * tn - fp * fn) / denom if denom else 0.0
+    """Matthews correlation of 0/1 labels and predictions (the task's own metric code)."""
+    return compute_metrics(TASKS["cola"], np.eye(2)[p], y)["matthews"]
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, decay: float, steps: int = 300) -> torch.nn.Linear:
@@ -96,8 +88,8 @@ def main() -> None:
     from student import Student
     from teacher_cache.encode.batching import teacher_encoder
 
-    train_texts, train_y = read_cola(args.data_dir / "CoLA" / "train.tsv")
-    dev_texts, dev_y = read_cola(args.data_dir / "CoLA" / "dev.tsv")
+    train, dev = (load_split(TASKS["cola"], split, args.data_dir) for split in ("train", "dev"))
+    train_texts, train_y, dev_texts, dev_y = train.texts, train.labels, dev.texts, dev.labels
     sra = Student.from_pretrained(args.sra_student)
     random_dir = ROOT / "benchmarks" / "work" / "cola-probe" / f"random-{args.sra_student.name}"
     random_init = Student.from_pretrained(random_student(args.sra_student, random_dir, seed=0))
